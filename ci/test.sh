@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# THE test command of the template (README.md and .ci/run call it): lint the template's
+# tests, then bake every supported combination and run the baked projects' own checks.
+# Needs only python3 on a fresh machine; builds its own virtualenv in .venv-ci/.
+# Extra arguments go to pytest, e.g. `bash ci/test.sh -k hooks -n 0`.
+set -o errexit -o pipefail -o nounset
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+unset VIRTUAL_ENV PYTHONHOME PYTHONPATH UV_PROJECT_ENVIRONMENT
+
+# The machine's interpreter (not a venv's, not a pyenv shim): every virtualenv here and in
+# the baked projects is built from it, because uv may not download interpreters.
+python3_cmd="${PYTHON:-$(command -v python3)}"
+base_python="$("$python3_cmd" -c 'import sys; print(getattr(sys, "_base_executable", sys.executable))')"
+export UV_PYTHON="$base_python"
+export UV_PYTHON_DOWNLOADS=never
+# uv ships its own root certificates; trust the machine's bundle as pip does.
+if [ -z "${SSL_CERT_FILE:-}" ] && [ -f /etc/ssl/certs/ca-certificates.crt ]; then
+  export SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
+fi
+
+# System packages and services for later test tiers go in ci/provision.sh.
+if [ -f ci/provision.sh ]; then
+  bash ci/provision.sh
+fi
+
+venv="$PWD/.venv-ci"
+started=$SECONDS
+if [ ! -x "$venv/bin/python" ]; then
+  "$base_python" -m venv "$venv"
+fi
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check 'uv>=0.8'
+"$venv/bin/uv" pip install --quiet --python "$venv/bin/python" --requirement ci/requirements.txt
+# The baked projects' Makefiles call uv; the tests call cookiecutter from the same venv.
+export PATH="$venv/bin:$PATH"
+echo "ci/test.sh: tools ready in $((SECONDS - started)) s ($(uv --version), $("$venv/bin/python" --version))"
+
+ruff check tests
+ruff format --check tests
+
+status=0
+python -m pytest tests -n "${PYTEST_WORKERS:-2}" --dist loadgroup --durations=15 "$@" || status=$?
+if [ "$status" -eq 5 ]; then
+  echo "ci/test.sh: FAILED: pytest collected no tests (exit code 5)" >&2
+  exit 1
+fi
+exit "$status"

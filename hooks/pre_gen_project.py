@@ -1,0 +1,120 @@
+"""Reject invalid answers before anything is written, with a one-line reason."""
+
+from __future__ import annotations
+
+import keyword
+import re
+import sys
+import zoneinfo
+
+ANSWERS = {
+    "project_name": {{ cookiecutter.project_name | tojson }},
+    "project_slug": {{ cookiecutter.project_slug | tojson }},
+    "package_name": {{ cookiecutter.package_name | tojson }},
+    "author_email": {{ cookiecutter.author_email | tojson }},
+    "python_version": {{ cookiecutter.python_version | tojson }},
+    "database": {{ cookiecutter.database | tojson }},
+    "redis_mode": {{ cookiecutter.redis_mode | tojson }},
+    "use_sentry": {{ cookiecutter.use_sentry | tojson }},
+    "use_flower": {{ cookiecutter.use_flower | tojson }},
+    "use_celery_exporter": {{ cookiecutter.use_celery_exporter | tojson }},
+    "use_helm": {{ cookiecutter.use_helm | tojson }},
+    "ci_provider": {{ cookiecutter.ci_provider | tojson }},
+    "timezone": {{ cookiecutter.timezone | tojson }},
+    "license": {{ cookiecutter.license | tojson }},
+}
+
+CHOICES = {
+    "python_version": ("3.11", "3.12", "3.13"),
+    "database": ("postgresql", "mysql", "sqlite"),
+    "redis_mode": ("sentinel", "standalone"),
+    "use_sentry": ("yes", "no"),
+    "use_flower": ("yes", "no"),
+    "use_celery_exporter": ("yes", "no"),
+    "use_helm": ("yes", "no"),
+    "ci_provider": ("github", "none"),
+    "license": ("MIT", "Apache-2.0", "BSD-3-Clause", "Proprietary"),
+}
+
+# Imports the generated project makes (or its tooling does): a package with one of
+# these names would shadow the real library and break the project at import time.
+SHADOWED_IMPORTS = frozenset(
+    {
+        "alembic", "amqp", "app", "billiard", "celery", "click", "fastapi", "flower",
+        "gevent", "greenlet", "gunicorn", "httpx", "kombu", "mypy", "prometheus_client",
+        "psycopg", "pydantic", "pydantic_settings", "pymysql", "pytest", "pythonjsonlogger",
+        "redis", "ruff", "sentry_sdk", "sqlalchemy", "src", "starlette", "test", "tests",
+        "tornado", "uvicorn", "uvicorn_worker", "vine",
+    }
+)
+
+# Answer combinations the generated project cannot honour, each with its reason.
+UNSUPPORTED = (
+    (
+        {"use_helm": "yes", "database": "sqlite"},
+        "the Helm chart runs several pods and a SQLite ledger is a file on one machine;"
+        " choose database=postgresql or mysql, or use_helm=no",
+    ),
+    (
+        {"use_helm": "yes", "redis_mode": "standalone"},
+        "the Helm chart deploys Redis with Sentinel (standalone Redis loses the broker on"
+        " a node failure); choose redis_mode=sentinel, or use_helm=no",
+    ),
+)
+
+SLUG_RE = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
+PACKAGE_RE = re.compile(r"^[a-z_][a-z0-9_]*$")
+EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+def problems(answers: dict[str, str]) -> list[str]:
+    found: list[str] = []
+    for key, allowed in CHOICES.items():
+        if answers[key] not in allowed:
+            found.append(f"{key}={answers[key]!r} is not one of {', '.join(allowed)}")
+
+    if not answers["project_name"].strip():
+        found.append("project_name must not be empty")
+
+    slug = answers["project_slug"]
+    if not SLUG_RE.match(slug) or len(slug) > 53:
+        found.append(
+            f"project_slug={slug!r} must be lowercase letters, digits and single hyphens,"
+            " start with a letter and be at most 53 characters (it names containers and"
+            " Kubernetes objects)"
+        )
+
+    package = answers["package_name"]
+    if not (package.isidentifier() and PACKAGE_RE.match(package)):
+        found.append(f"package_name={package!r} is not a lowercase Python identifier")
+    elif keyword.iskeyword(package) or keyword.issoftkeyword(package):
+        found.append(f"package_name={package!r} is a Python keyword")
+    elif package in SHADOWED_IMPORTS or package in sys.stdlib_module_names:
+        found.append(
+            f"package_name={package!r} would shadow the {package!r} module the project imports"
+        )
+
+    if not EMAIL_RE.match(answers["author_email"]):
+        found.append(f"author_email={answers['author_email']!r} is not an e-mail address")
+
+    try:
+        zoneinfo.ZoneInfo(answers["timezone"])
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        found.append(f"timezone={answers['timezone']!r} is not an IANA time zone name")
+
+    for combination, reason in UNSUPPORTED:
+        if all(answers[key] == value for key, value in combination.items()):
+            chosen = ", ".join(f"{key}={value}" for key, value in combination.items())
+            found.append(f"unsupported combination {chosen}: {reason}")
+    return found
+
+
+def main() -> int:
+    found = problems(ANSWERS)
+    for problem in found:
+        print(f"ERROR: {problem}", file=sys.stderr)
+    return 1 if found else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

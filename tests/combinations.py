@@ -1,0 +1,112 @@
+"""The answer combinations the template supports and the ones it refuses.
+
+SUPPORTED is not the full product of the questions: it is a short list in which every
+value of every choice question appears at least once (test_combinations checks that
+against cookiecutter.json, so the list cannot drift from the questions). README.md shows
+the same two lists.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+TEMPLATE_DIR = Path(__file__).resolve().parent.parent
+QUESTIONS: dict[str, object] = json.loads((TEMPLATE_DIR / "cookiecutter.json").read_text())
+
+
+@dataclass(frozen=True)
+class Combo:
+    """One set of answers (cookiecutter extra_context); the rest are the defaults."""
+
+    id: str
+    answers: dict[str, str] = field(default_factory=dict)
+
+    def answer(self, question: str) -> str:
+        """The effective answer: the override, else the default (first choice)."""
+        if question in self.answers:
+            return self.answers[question]
+        default = QUESTIONS[question]
+        return str(default[0] if isinstance(default, list) else default)
+
+
+SUPPORTED: tuple[Combo, ...] = (
+    Combo("default"),
+    Combo(
+        "mysql-py312-apache-berlin",
+        {
+            "database": "mysql",
+            "python_version": "3.12",
+            "license": "Apache-2.0",
+            "timezone": "Europe/Berlin",
+        },
+    ),
+    Combo(
+        "sqlite-nohelm-py313-bsd",
+        {
+            "database": "sqlite",
+            "use_helm": "no",
+            "python_version": "3.13",
+            "license": "BSD-3-Clause",
+        },
+    ),
+    Combo(
+        "standalone-nohelm-proprietary-custom-names",
+        {
+            "redis_mode": "standalone",
+            "use_helm": "no",
+            "license": "Proprietary",
+            "project_name": "Billing Jobs",
+            "package_name": "billing_core",
+            "author_name": "Ada Lovelace",
+            "author_email": "ada@example.org",
+        },
+    ),
+    Combo(
+        "minimal",
+        {
+            "use_sentry": "no",
+            "use_flower": "no",
+            "use_celery_exporter": "no",
+            "use_helm": "no",
+            "ci_provider": "none",
+        },
+    ),
+    Combo("helm-noflower-nosentry", {"use_flower": "no", "use_sentry": "no"}),
+    Combo(
+        "helm-noexporter-noci-newyork",
+        {
+            "use_celery_exporter": "no",
+            "ci_provider": "none",
+            "timezone": "America/New_York",
+        },
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Unsupported:
+    """A combination the pre-generation hook refuses, and a fragment of its reason."""
+
+    answers: dict[str, str]
+    reason: str
+
+    @property
+    def label(self) -> str:
+        return ", ".join(f"{key}={value}" for key, value in self.answers.items())
+
+
+UNSUPPORTED: tuple[Unsupported, ...] = (
+    Unsupported({"use_helm": "yes", "database": "sqlite"}, "SQLite"),
+    Unsupported({"use_helm": "yes", "redis_mode": "standalone"}, "Sentinel"),
+)
+
+
+def choice_questions() -> dict[str, list[str]]:
+    """Every question of cookiecutter.json that offers a fixed list of answers."""
+    return {
+        key: [str(v) for v in value]
+        for key, value in QUESTIONS.items()
+        if isinstance(value, list) and not key.startswith("_")
+    }

@@ -1,0 +1,184 @@
+"""Bake every supported combination and check what the bake wrote."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from combinations import SUPPORTED
+from conftest import Baked, combo_params, require, run
+
+ALL = pytest.mark.parametrize("combo", combo_params())
+DEFAULT_ONLY = pytest.mark.parametrize("combo", combo_params(SUPPORTED[:1]))
+
+# --- leftovers -------------------------------------------------------------------------
+# `{%`, `%}` and `cookiecutter.<name>` never belong in a generated file. `{{` does in three
+# foreign template languages, which are allowed: GitHub Actions expressions (`${{ ... }}`),
+# Go templates used by Helm charts (every file under a chart's templates/), and Go
+# templates in Prometheus / Alertmanager / docker --format strings, which start with a
+# field (`.Name`), a variable (`$labels`), a comment or one of the keywords/functions
+# listed below. Any other `{{` is an unrendered Jinja expression.
+JINJA_LEFTOVER = re.compile(r"\{%|%\}|cookiecutter\.\w|cookiecutter\[")
+GO_TEMPLATE_START = (
+    r"[.$]|/\*|(?:if|else|end|range|with|define|template|block|include|printf|len|index"
+    r"|humanize\w*|toYaml|toJson|default|required|quote|tpl|reReplaceAll|title|toUpper"
+    r"|toLower|safeHtml|and|or|not|eq|ne)\b"
+)
+FOREIGN_EXPRESSION = re.compile(r"(?<!\$)\{\{(?!-?\s*(?:" + GO_TEMPLATE_START + r"))")
+TEMPLATE_SUFFIXES = {".tpl", ".tmpl", ".gotmpl"}
+
+
+def in_helm_templates(baked: Baked, relative: Path) -> bool:
+    """Whether a file is under the templates/ folder of a Helm chart (Go templates)."""
+    for parent in relative.parents:
+        if (baked.path / parent / "Chart.yaml").is_file():
+            rest = relative.relative_to(parent).parts
+            return len(rest) > 1 and rest[0] == "templates"
+    return False
+
+
+@ALL
+def test_bake_succeeds(bake, combo) -> None:
+    baked = bake(combo)
+    assert baked.path.is_dir()
+    assert (baked.path / "pyproject.toml").is_file()
+    if "package_name" in combo.answers:
+        assert (baked.path / "src" / combo.answers["package_name"]).is_dir()
+
+
+@ALL
+def test_no_template_leftovers(bake, combo) -> None:
+    baked = bake(combo)
+    found: list[str] = []
+    for relative in baked.files:
+        if "{{" in str(relative) or "{%" in str(relative) or "cookiecutter" in str(relative):
+            found.append(f"{relative}: unrendered name")
+    for relative, text in baked.text_files():
+        foreign_ok = relative.suffix in TEMPLATE_SUFFIXES or in_helm_templates(baked, relative)
+        for number, line in enumerate(text.splitlines(), start=1):
+            if JINJA_LEFTOVER.search(line) or (not foreign_ok and FOREIGN_EXPRESSION.search(line)):
+                found.append(f"{relative}:{number}: {line.strip()}")
+    assert not found, "template leftovers:\n" + "\n".join(found)
+
+
+@ALL
+def test_env_file_has_fresh_secrets_and_is_ignored(bake, combo, tmp_path) -> None:
+    baked = bake(combo)
+    env, example = baked.path / ".env", baked.path / ".env.example"
+    assert env.is_file(), ".env was not written by the post-generation hook"
+    assert example.is_file(), ".env.example is missing"
+    assert env.read_text() != example.read_text(), ".env is a plain copy of .env.example"
+    assert "change-me" not in env.read_text().lower(), ".env still holds a placeholder"
+    assert env.stat().st_mode & 0o077 == 0, f".env is readable by others: {env.stat()}"
+
+    repo = tmp_path / "ignore-check"
+    repo.mkdir()
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    shutil.copy(baked.path / ".gitignore", repo / ".gitignore")
+
+    def ignored(name: str) -> bool:
+        check = ["git", "-C", str(repo), "check-ignore", "-q", "--no-index", name]
+        return subprocess.run(check, check=False).returncode == 0
+
+    assert ignored(".env"), ".gitignore does not ignore .env"
+    assert not ignored(".env.example"), ".gitignore ignores .env.example"
+
+
+@ALL
+def test_features_manifest_is_removed(bake, combo) -> None:
+    baked = bake(combo)
+    assert not (baked.path / "features.json").exists()
+    assert Path("features.json") not in baked.files
+
+
+# --- pruning ---------------------------------------------------------------------------
+# question -> (answer that removes the feature, what names the feature). Searched
+# case-insensitively in every baked file's path and text. When the feature is kept the
+# pattern must match somewhere, so a stale pattern fails instead of passing vacuously.
+# Deliberately not searched: the bare word "workflow" (ordinary English in docs) and
+# exporters of other software (redis_exporter, postgres-exporter) - only the Celery one
+# and the bare word "exporter" are.
+FEATURES: dict[str, tuple[str, str]] = {
+    "use_sentry": ("no", r"sentry"),
+    "use_flower": ("no", r"flower"),
+    "use_celery_exporter": (
+        "no",
+        r"celery[-_ ]?exporter|exporter[-_ ]celery|(?<![\w-])exporters?(?![\w-])",
+    ),
+    "use_helm": ("no", r"(?<![a-z])helm(?![a-z])"),
+    "ci_provider": ("none", r"\.github\b|github[ -]actions|actions/checkout"),
+}
+# database -> what names its driver or server; a bake mentions none of the other ones.
+DATABASES: dict[str, str | None] = {
+    "postgresql": r"psycopg|postgres",
+    "mysql": r"pymysql|mariadb",
+    "sqlite": None,  # may appear in any bake (unit tests use SQLite); checked only if chosen
+}
+
+
+def mentions(baked: Baked, pattern: str) -> list[str]:
+    regex = re.compile(pattern, re.IGNORECASE)
+    hits = [f"{relative} (path)" for relative in baked.files if regex.search(str(relative))]
+    for relative, text in baked.text_files():
+        for number, line in enumerate(text.splitlines(), start=1):
+            if regex.search(line):
+                hits.append(f"{relative}:{number}: {line.strip()[:160]}")
+    return hits
+
+
+@ALL
+def test_unselected_features_are_pruned(bake, combo) -> None:
+    baked = bake(combo)
+    problems: list[str] = []
+    for question, (off, pattern) in FEATURES.items():
+        hits = mentions(baked, pattern)
+        if combo.answer(question) == off and hits:
+            problems.append(f"{question}={off} but /{pattern}/ found:\n  " + "\n  ".join(hits))
+        elif combo.answer(question) != off and not hits:
+            problems.append(f"{question}={combo.answer(question)} but /{pattern}/ found nowhere")
+    if combo.answer("ci_provider") == "none" and (baked.path / ".github").exists():
+        problems.append("ci_provider=none but .github/ exists")
+
+    chosen = combo.answer("database")
+    for database, pattern in DATABASES.items():
+        if pattern is None:
+            continue
+        hits = mentions(baked, pattern)
+        if database != chosen and hits:
+            problems.append(f"database={chosen} but /{pattern}/ found:\n  " + "\n  ".join(hits))
+        elif database == chosen and not hits:
+            problems.append(f"database={chosen} but /{pattern}/ found nowhere")
+    if chosen == "sqlite" and not mentions(baked, r"sqlite"):
+        problems.append("database=sqlite but 'sqlite' found nowhere")
+    assert not problems, "\n".join(problems)
+
+
+# --- the baked project's own checks -----------------------------------------------------
+@ALL
+def test_make_lint_passes(bake, combo) -> None:
+    baked = bake(combo)
+    require("make")
+    require("uv")
+    result = run(["make", "lint"], cwd=baked.path)
+    assert result.returncode == 0, result.explain()
+
+
+PYTEST_SUMMARY = re.compile(r"^=*\s*(?P<counts>\d+ (?:passed|failed|errors?).*) in [\d.]+s", re.M)
+
+
+@DEFAULT_ONLY
+def test_make_test_unit_passes(bake, combo) -> None:
+    baked = bake(combo)
+    require("make")
+    require("uv")
+    result = run(["make", "test-unit"], cwd=baked.path)
+    assert result.returncode == 0, result.explain()
+    summaries = PYTEST_SUMMARY.findall(result.output)
+    assert summaries, f"no pytest summary line in the output:\n{result.output}"
+    counts = summaries[-1]
+    assert re.search(r"\b[1-9]\d* passed", counts), f"no test passed: {counts}"
+    assert not re.search(r"\d+ (?:failed|errors?)\b", counts), counts

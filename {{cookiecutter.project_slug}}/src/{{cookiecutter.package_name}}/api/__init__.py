@@ -1,0 +1,1 @@
+"""The HTTP producer: submit, inspect and cancel tasks; health and metrics."""

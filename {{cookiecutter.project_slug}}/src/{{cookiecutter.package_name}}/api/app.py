@@ -1,0 +1,49 @@
+"""The FastAPI application (served by gunicorn with uvicorn workers, see gunicorn_conf.py)."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from {{ cookiecutter.package_name }}.api.catalog import TaskCatalog
+from {{ cookiecutter.package_name }}.api.dispatch import BrokerUnavailable
+from {{ cookiecutter.package_name }}.api.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
+from {{ cookiecutter.package_name }}.api.routers import health, tasks
+from {{ cookiecutter.package_name }}.celery_app import app as celery_app
+from {{ cookiecutter.package_name }}.observability.logging import configure_logging
+{%- if cookiecutter.use_sentry == "yes" %}
+from {{ cookiecutter.package_name }}.observability.sentry import init_sentry
+{%- endif %}
+from {{ cookiecutter.package_name }}.settings import Settings, get_settings
+
+BROKER_RETRY_AFTER_SECONDS = "5"
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    configure_logging(settings, "api")
+{%- if cookiecutter.use_sentry == "yes" %}
+    init_sentry(settings, "api")
+{%- endif %}
+    api = FastAPI(title="{{ cookiecutter.project_name }}", version="0.1.0")
+    api.state.settings = settings
+    api.state.celery = celery_app
+    api.state.catalog = TaskCatalog(celery_app, settings.api_task_allowlist)
+    api.include_router(tasks.router)
+    api.include_router(health.router)
+    api.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.api_max_body_bytes)
+    api.add_middleware(RequestContextMiddleware)
+    api.add_exception_handler(BrokerUnavailable, _broker_unavailable)
+    return api
+
+
+async def _broker_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    """Never 202 for a task the broker did not take: 503 with the reason."""
+    return JSONResponse(
+        status_code=503,
+        content={"detail": str(exc)},
+        headers={"Retry-After": BROKER_RETRY_AFTER_SECONDS},
+    )
+
+
+app = create_app()

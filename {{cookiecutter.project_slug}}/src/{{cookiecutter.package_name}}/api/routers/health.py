@@ -1,0 +1,52 @@
+"""Liveness, readiness and metrics endpoints (outside /api/v1: they serve the platform)."""
+
+from __future__ import annotations
+
+from celery import Celery
+from fastapi import APIRouter, Request, Response, status
+
+from {{ cookiecutter.package_name }}.api.dispatch import BROKER_ERRORS
+from {{ cookiecutter.package_name }}.api.metrics import render
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    """Liveness: the process answers; no dependency is consulted."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", responses={503: {"description": "A dependency is unreachable"}})
+def readyz(request: Request, response: Response) -> dict[str, str]:
+    """Readiness: the broker and the result backend answer a PING within the timeout."""
+    app: Celery = request.app.state.celery
+    timeout = request.app.state.settings.api_readiness_timeout
+    checks = {"broker": _check_broker(app, timeout), "result_backend": _check_backend(app)}
+    if any(outcome != "ok" for outcome in checks.values()):
+        response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    return checks
+
+
+@router.get("/metrics", include_in_schema=False)
+def metrics() -> Response:
+    body, content_type = render()
+    return Response(content=body, media_type=content_type)
+
+
+def _check_broker(app: Celery, timeout: float) -> str:
+    try:
+        with app.connection_for_write() as connection:
+            connection.ensure_connection(max_retries=1, timeout=timeout)
+            connection.default_channel.client.ping()
+    except BROKER_ERRORS as exc:
+        return f"unreachable: {type(exc).__name__}: {exc}"
+    return "ok"
+
+
+def _check_backend(app: Celery) -> str:
+    try:
+        app.backend.client.ping()
+    except BROKER_ERRORS as exc:
+        return f"unreachable: {type(exc).__name__}: {exc}"
+    return "ok"

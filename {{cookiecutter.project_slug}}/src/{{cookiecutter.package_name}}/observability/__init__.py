@@ -1,0 +1,1 @@
+"""Logs, error reporting and task lifecycle signals."""

@@ -1,0 +1,87 @@
+"""Celery signal handlers: logging setup, task timing and revocations (R39-R41{% if cookiecutter.use_sentry == "yes" %}, R38{% endif %})."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from celery import signals
+
+from {{ cookiecutter.package_name }}.observability.logging import configure_logging
+from {{ cookiecutter.package_name }}.observability.redact import redact
+{%- if cookiecutter.use_sentry == "yes" %}
+from {{ cookiecutter.package_name }}.observability.sentry import init_sentry
+{%- endif %}
+from {{ cookiecutter.package_name }}.settings import get_settings
+
+logger = logging.getLogger(__name__)
+
+# Start times of the tasks running in this process, by task id.
+_started: dict[str, float] = {}
+
+
+def _setup_logging(**_: Any) -> None:
+    """R39: connected to setup_logging, so Celery leaves logging to us."""
+    configure_logging(get_settings(), "worker")
+
+
+def _on_prerun(task_id: str, task: Any, **_: Any) -> None:
+    _started[task_id] = time.monotonic()
+    logger.info("task started", extra={"event": "task_started", "retries": task.request.retries})
+
+
+def _on_postrun(
+    task_id: str, task: Any, retval: Any = None, state: str | None = None, **_: Any
+) -> None:
+    """R40: duration, final state and a redacted return value of every run."""
+    started = _started.pop(task_id, None)
+    duration = None if started is None else round(time.monotonic() - started, 6)
+    logger.info(
+        "task finished",
+        extra={
+            "event": "task_finished",
+            "state": state,
+            "duration_seconds": duration,
+            "return_value": redact(retval),
+        },
+    )
+
+
+def _on_revoked(request: Any, terminated: bool, signum: Any, expired: bool, **_: Any) -> None:
+    """R41: a revoked task leaves a trace (the ledger records it too)."""
+    logger.warning(
+        "task revoked",
+        extra={
+            "event": "task_revoked",
+            "task_id": getattr(request, "id", None),
+            "task_name": getattr(request, "task_name", None) or getattr(request, "name", None),
+            "terminated": terminated,
+            "signum": None if signum is None else str(signum),
+            "expired": expired,
+        },
+    )
+{%- if cookiecutter.use_sentry == "yes" %}
+
+
+def _init_sentry_worker(**_: Any) -> None:
+    """R38: report task failures from workers (no-op without SENTRY_DSN)."""
+    init_sentry(get_settings(), "worker")
+
+
+def _init_sentry_beat(**_: Any) -> None:
+    """R38: beat check-ins and errors (no-op without SENTRY_DSN)."""
+    init_sentry(get_settings(), "beat")
+{%- endif %}
+
+
+def connect() -> None:
+    """Attach every handler; called once by the Celery app module."""
+    signals.setup_logging.connect(_setup_logging, weak=False)
+    signals.task_prerun.connect(_on_prerun, weak=False)
+    signals.task_postrun.connect(_on_postrun, weak=False)
+    signals.task_revoked.connect(_on_revoked, weak=False)
+{%- if cookiecutter.use_sentry == "yes" %}
+    signals.celeryd_init.connect(_init_sentry_worker, weak=False)
+    signals.beat_init.connect(_init_sentry_beat, weak=False)
+{%- endif %}

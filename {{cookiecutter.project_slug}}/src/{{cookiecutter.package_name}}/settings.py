@@ -1,0 +1,178 @@
+"""Every knob of the service, read from the environment (or `.env`) in one typed place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Annotated, Literal
+from urllib.parse import quote
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+Pool = Literal["prefork", "gevent", "solo", "threads"]
+QueueGroup = Literal["high", "default", "low"]
+CommaList = Annotated[tuple[str, ...], NoDecode]
+
+
+@dataclass(frozen=True)
+class WorkerGroup:
+    """How one queue group's workers run: which pool, how many slots."""
+
+    queue: QueueGroup
+    pool: Pool
+    concurrency: int
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+
+    service_name: str = "{{ cookiecutter.project_slug }}"
+    environment: Literal["development", "test", "production"] = "production"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_json: bool = True
+
+    # --- Redis: broker (db 0) and result backend (db 1) --------------------------------
+    redis_mode: Literal["sentinel", "standalone"] = "{{ cookiecutter.redis_mode }}"
+    redis_sentinels: CommaList = ("127.0.0.1:26379", "127.0.0.1:26380", "127.0.0.1:26381")
+    redis_master_name: str = "mymaster"
+    redis_address: str = "127.0.0.1:6379"  # standalone mode only
+    redis_password: SecretStr = SecretStr("")
+    redis_sentinel_password: SecretStr = SecretStr("")
+    redis_broker_db: int = Field(default=0, ge=0, le=15)
+    redis_result_db: int = Field(default=1, ge=0, le=15)
+    # A failover leaves half-open sockets: without a timeout a publish waits forever.
+    redis_socket_timeout: float = Field(default=5.0, gt=0)
+    redis_socket_connect_timeout: float = Field(default=2.0, gt=0)
+    # Ping idle connections this often so a dead master is noticed between commands.
+    redis_health_check_interval: int = Field(default=10, ge=1)
+
+    # --- Ledger database -------------------------------------------------------------
+    database_url: SecretStr = SecretStr(
+{%- if cookiecutter.database == "postgresql" %}
+        "postgresql+psycopg://app:change-me-database-password@127.0.0.1:5432/app"
+{%- elif cookiecutter.database == "mysql" %}
+        "mysql+pymysql://app:change-me-database-password@127.0.0.1:3306/app"
+{%- else %}
+        "sqlite:///var/ledger.sqlite3"
+{%- endif %}
+    )
+
+    # --- Time limits, redelivery, retries (seconds) ----------------------------------
+    task_soft_time_limit: int = Field(default=300, gt=0)
+    task_time_limit: int = Field(default=330, gt=0)
+    visibility_timeout: int = Field(default=1800, gt=0)
+    unacked_restore_interval: int = Field(default=10, ge=1)
+    result_expires: int = Field(default=3 * 24 * 3600, gt=0)
+    task_max_retries: int = Field(default=5, ge=0)
+    task_retry_backoff: int = Field(default=2, ge=1)
+    task_retry_backoff_max: int = Field(default=600, ge=1)
+    task_default_retry_delay: int = Field(default=10, ge=0)
+    publish_retry_max_retries: int = Field(default=20, ge=0)
+    publish_retry_interval_max: float = Field(default=1.0, ge=0)
+    worker_soft_shutdown_timeout: float = Field(default=10.0, ge=0)
+
+    # --- Worker groups: one per queue, each with its own pool --------------------------
+    worker_high_pool: Pool = "prefork"
+    worker_high_concurrency: int = Field(default=2, ge=1)
+    worker_default_pool: Pool = "prefork"
+    worker_default_concurrency: int = Field(default=2, ge=1)
+    worker_low_pool: Pool = "gevent"
+    worker_low_concurrency: int = Field(default=50, ge=1)
+    worker_max_tasks_per_child: int = Field(default=1000, ge=1)
+    worker_max_memory_per_child_kib: int = Field(default=512_000, ge=1024)
+    broker_pool_limit: int = Field(default=10, ge=1)
+
+    # --- Beat -------------------------------------------------------------------------
+    beat_schedule_file: str = "var/celerybeat-schedule"
+    beat_tick_seconds: float = Field(default=60.0, gt=0)
+    beat_report_crontab: str = "0 3 * * *"
+
+    # --- API --------------------------------------------------------------------------
+    api_bind: str = "0.0.0.0:8000"  # a container listens on all interfaces
+    api_workers: int = Field(default=2, ge=1)
+    api_timeout: int = Field(default=60, ge=1)
+    api_max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    api_readiness_timeout: float = Field(default=2.0, gt=0)
+    api_task_allowlist: CommaList = (
+        "demo.echo",
+        "demo.sleep",
+        "demo.flaky",
+        "demo.fail",
+        "demo.urgent_ping",
+        "demo.reports.build_report",
+    )
+{%- if cookiecutter.use_sentry == "yes" %}
+
+    # --- Sentry (empty DSN = off) -----------------------------------------------------
+    sentry_dsn: SecretStr = SecretStr("")
+    sentry_traces_sample_rate: float = Field(default=0.0, ge=0, le=1)
+{%- endif %}
+{%- if cookiecutter.use_flower == "yes" %}
+
+    # --- Flower -----------------------------------------------------------------------
+    flower_port: int = Field(default=5555, ge=1, le=65535)
+    flower_basic_auth: SecretStr = SecretStr("admin:change-me-flower-password")
+{%- endif %}
+
+    @field_validator("redis_sentinels", "api_task_allowlist", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(item.strip() for item in value.split(",") if item.strip())
+        return value
+
+    @field_validator("beat_report_crontab")
+    @classmethod
+    def _five_cron_fields(cls, value: str) -> str:
+        if len(value.split()) != 5:
+            raise ValueError("BEAT_REPORT_CRONTAB needs five fields: minute hour day month weekday")
+        return value
+
+    @model_validator(mode="after")
+    def _limits_are_consistent(self) -> Settings:
+        if self.task_time_limit <= self.task_soft_time_limit:
+            raise ValueError("TASK_TIME_LIMIT must exceed TASK_SOFT_TIME_LIMIT (cleanup margin)")
+        if self.visibility_timeout <= self.task_time_limit:
+            raise ValueError(
+                "VISIBILITY_TIMEOUT must exceed TASK_TIME_LIMIT, or a task still running"
+                " is redelivered to a second worker"
+            )
+        if self.task_retry_backoff_max >= self.max_countdown:
+            raise ValueError(
+                "TASK_RETRY_BACKOFF_MAX must stay below VISIBILITY_TIMEOUT - TASK_TIME_LIMIT,"
+                " or a waiting retry is redelivered while it waits"
+            )
+        if self.redis_mode == "sentinel" and len(self.redis_sentinels) < 1:
+            raise ValueError("REDIS_SENTINELS needs at least one host:port")
+        return self
+
+    @property
+    def max_countdown(self) -> int:
+        """Longest delay a message may wait in a worker: it must be acked within the VT."""
+        return self.visibility_timeout - self.task_time_limit
+
+    def _redis_url(self, db: int) -> str:
+        password = quote(self.redis_password.get_secret_value(), safe="")
+        auth = f":{password}@" if password else ""
+        if self.redis_mode == "standalone":
+            return f"redis://{auth}{self.redis_address}/{db}"
+        return ";".join(f"sentinel://{auth}{node}/{db}" for node in self.redis_sentinels)
+
+    @property
+    def broker_url(self) -> str:
+        return self._redis_url(self.redis_broker_db)
+
+    @property
+    def result_backend_url(self) -> str:
+        return self._redis_url(self.redis_result_db)
+
+    def worker_group(self, queue: QueueGroup) -> WorkerGroup:
+        pool: Pool = getattr(self, f"worker_{queue}_pool")
+        concurrency: int = getattr(self, f"worker_{queue}_concurrency")
+        return WorkerGroup(queue, pool, concurrency)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,1 @@
+"""Task definitions: the reliable base class and the example tasks."""

@@ -1,0 +1,77 @@
+"""Example tasks: replace them with your own; tests and benchmarks use them as they are.
+
+Arguments are JSON basic types with bounds (R07): the API validates against these
+signatures, and a task loads anything bigger (rows, files) by ID inside itself.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Annotated
+
+from pydantic import Field
+
+from {{ cookiecutter.package_name }}.celery_app import app
+from {{ cookiecutter.package_name }}.tasks.base import ReliableTask
+from {{ cookiecutter.package_name }}.tasks.errors import RetryableError
+
+Seconds = Annotated[float, Field(ge=0, le=600)]
+Attempts = Annotated[int, Field(ge=0, le=20)]
+Text = Annotated[str, Field(max_length=10_000)]
+
+# R08: every task has an explicit, stable name; routes and the API allowlist use it.
+
+
+@app.task(name="demo.echo", base=ReliableTask, bind=True)
+def echo(self: ReliableTask, message: Text) -> str:
+    """Return the input unchanged: the cheapest end-to-end check."""
+    return message
+
+
+@app.task(name="demo.sleep", base=ReliableTask, bind=True)
+def sleep(self: ReliableTask, seconds: Seconds) -> float:
+    """Sleep in small steps, reporting progress (R23) and honouring abort requests (R24)."""
+    step = 0.1
+    started = time.monotonic()
+    steps = max(1, round(seconds / step))
+    for done in range(steps):
+        self.stop_if_aborted()
+        self.report_progress(done, steps)
+        time.sleep(seconds / steps)
+    return round(time.monotonic() - started, 3)
+
+
+@app.task(name="demo.flaky", base=ReliableTask, bind=True)
+def flaky(self: ReliableTask, failures: Attempts) -> int:
+    """Fail `failures` times with a transient error, then succeed (automatic retry, R12)."""
+    if self.request.retries < failures:
+        raise RetryableError(f"transient failure {self.request.retries + 1} of {failures}")
+    return self.request.retries
+
+
+@app.task(name="demo.retry_later", base=ReliableTask, bind=True)
+def retry_later(self: ReliableTask, failures: Attempts, countdown: Seconds) -> int:
+    """Fail `failures` times and reschedule itself explicitly (manual retry, R13)."""
+    if self.request.retries < failures:
+        error = RetryableError(f"not ready yet ({self.request.retries + 1} of {failures})")
+        raise self.retry(exc=error, countdown=countdown)
+    return self.request.retries
+
+
+@app.task(name="demo.fail", base=ReliableTask, bind=True)
+def fail(self: ReliableTask, reason: Text = "always fails") -> None:
+    """Fail on every attempt: retries run out and the task ends failed (R14)."""
+    raise RetryableError(reason)
+
+
+@app.task(name="demo.urgent_ping", base=ReliableTask, bind=True)
+def urgent_ping(self: ReliableTask) -> str:
+    """A cheap task routed to the high queue by name (R10); beat's interval entry."""
+    return datetime.now(UTC).isoformat()
+
+
+@app.task(name="demo.notify", base=ReliableTask, bind=True, ignore_result=True)
+def notify(self: ReliableTask, message: Text) -> None:
+    """Fire-and-forget: stores no result at all (R25, task_ignore_result per task)."""
+    self.report_progress(1, 1)

@@ -1,0 +1,7 @@
+"""Exceptions tasks raise to steer retry behaviour."""
+
+from __future__ import annotations
+
+
+class RetryableError(Exception):
+    """A transient failure (timeout, unavailable dependency): retried with backoff."""

@@ -1,0 +1,35 @@
+"""A long job split into small tasks that several workers share (R42); routed to low by glob."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from celery import chord
+from pydantic import Field
+
+from {{ cookiecutter.package_name }}.celery_app import app
+from {{ cookiecutter.package_name }}.tasks.base import ReliableTask
+
+Size = Annotated[int, Field(ge=1, le=10_000_000)]
+ChunkSize = Annotated[int, Field(ge=1, le=1_000_000)]
+
+
+@app.task(name="demo.reports.sum_chunk", base=ReliableTask, bind=True)
+def sum_chunk(self: ReliableTask, start: int, stop: int) -> int:
+    """One slice of the work: the sum of squares in [start, stop)."""
+    return sum(n * n for n in range(start, stop))
+
+
+@app.task(name="demo.reports.combine", base=ReliableTask, bind=True)
+def combine(self: ReliableTask, parts: list[int]) -> dict[str, int]:
+    """Chord callback: runs once every slice has finished."""
+    return {"total": sum(parts), "chunks": len(parts)}
+
+
+@app.task(name="demo.reports.build_report", base=ReliableTask, bind=True)
+def build_report(self: ReliableTask, size: Size, chunk_size: ChunkSize) -> Any:
+    """Fan the range out as a chord of slices and replace itself with it."""
+    slices = [
+        sum_chunk.si(start, min(start + chunk_size, size)) for start in range(0, size, chunk_size)
+    ]
+    return self.replace(chord(slices, combine.s()))

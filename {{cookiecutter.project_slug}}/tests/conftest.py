@@ -1,0 +1,1 @@
+"""Shared fixtures: every tier registers the `reliability` marker (see pyproject.toml)."""

@@ -1,0 +1,186 @@
+"""The checklist's configuration rows, read from the configuration module as production loads it."""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from celery import Celery
+from celery.schedules import crontab
+
+from {{ cookiecutter.package_name }} import celeryconfig
+from {{ cookiecutter.package_name }}.celery_app import TASK_MODULES
+from {{ cookiecutter.package_name }}.settings import get_settings
+from {{ cookiecutter.package_name }}.tasks.base import ReliableTask
+from {{ cookiecutter.package_name }}.tasks.errors import RetryableError
+
+SETTINGS = get_settings()
+
+CONFIG_ROWS: list[tuple[str, str, Any]] = [
+    ("R01", "task_acks_late", True),
+    ("R02", "task_reject_on_worker_lost", True),
+    ("R03", "worker_prefetch_multiplier", 1),
+    ("R06", "task_serializer", "json"),
+    ("R06", "result_serializer", "json"),
+    ("R06", "accept_content", ["json"]),
+    ("R06", "result_accept_content", ["json"]),
+    ("R09", "task_default_queue", "default"),
+    ("R09", "task_create_missing_queues", False),
+    ("R16", "task_soft_time_limit", SETTINGS.task_soft_time_limit),
+    ("R16", "task_time_limit", SETTINGS.task_time_limit),
+    ("R17", "task_publish_retry", True),
+    ("R18", "worker_max_tasks_per_child", SETTINGS.worker_max_tasks_per_child),
+    ("R18", "worker_max_memory_per_child", SETTINGS.worker_max_memory_per_child_kib),
+    ("R21", "worker_deduplicate_successful_tasks", True),
+    ("R22", "task_track_started", True),
+    ("R25", "result_expires", timedelta(days=3)),
+    ("R25", "task_ignore_result", False),
+    ("R26", "worker_send_task_events", True),
+    ("R26", "task_send_sent_event", True),
+    ("R27", "timezone", "{{ cookiecutter.timezone }}"),
+    ("R27", "enable_utc", True),
+    ("R28", "task_always_eager", False),
+    ("R39", "worker_hijack_root_logger", False),
+    ("failover", "broker_channel_error_retry", True),
+    ("failover", "broker_connection_retry_on_startup", True),
+    ("failover", "broker_connection_max_retries", None),
+    ("failover", "worker_cancel_long_running_tasks_on_connection_loss", True),
+    ("failover", "result_backend_always_retry", True),
+]
+
+
+@pytest.mark.parametrize(
+    ("row", "name", "expected"), CONFIG_ROWS, ids=[f"{r[0]}-{r[1]}" for r in CONFIG_ROWS]
+)
+def test_config_row(row: str, name: str, expected: Any, celery_app: Celery) -> None:
+    assert getattr(celeryconfig, name) == expected
+    if name not in {"task_always_eager"}:
+        # The app really loaded the module (eager mode is only toggled by unit fixtures).
+        assert celery_app.conf[name] == expected
+
+
+@pytest.mark.reliability("R04")
+def test_visibility_timeout_is_explicit_everywhere_and_shorter_than_default() -> None:
+    vt = SETTINGS.visibility_timeout
+    assert celeryconfig.broker_transport_options["visibility_timeout"] == vt
+    assert celeryconfig.result_backend_transport_options["visibility_timeout"] == vt
+    assert celeryconfig.visibility_timeout == vt
+    assert SETTINGS.task_time_limit < vt < 3600
+
+
+@pytest.mark.reliability("R04")
+def test_dead_worker_sweep_runs_every_interval() -> None:
+    options = celeryconfig.broker_transport_options
+    assert options["unacked_restore_throttle"] == 1
+    assert options["unacked_restore_interval"] == SETTINGS.unacked_restore_interval
+
+
+@pytest.mark.reliability("R11")
+def test_priorities_are_served_in_order() -> None:
+    options = celeryconfig.broker_transport_options
+    assert options["priority_steps"] == list(range(10))
+    assert options["queue_order_strategy"] == "priority"
+    assert 0 < celeryconfig.task_default_priority < 9
+
+
+@pytest.mark.reliability("R12", "R13")
+def test_base_task_retries_transient_errors_with_jittered_backoff() -> None:
+    assert RetryableError in ReliableTask.autoretry_for
+    assert ReliableTask.retry_backoff == SETTINGS.task_retry_backoff
+    assert ReliableTask.retry_backoff_max == SETTINGS.task_retry_backoff_max
+    assert ReliableTask.retry_jitter is True
+    assert ReliableTask.max_retries == SETTINGS.task_max_retries
+    assert ReliableTask.default_retry_delay == SETTINGS.task_default_retry_delay
+
+
+@pytest.mark.reliability("R16")
+def test_hard_limit_leaves_a_cleanup_margin_after_the_soft_limit() -> None:
+    assert celeryconfig.task_time_limit > celeryconfig.task_soft_time_limit
+
+
+@pytest.mark.reliability("R17")
+def test_publish_retry_policy_outlasts_a_sentinel_failover() -> None:
+    policy = celeryconfig.task_publish_retry_policy
+    waits, interval = 0.0, policy["interval_start"]
+    for _ in range(policy["max_retries"]):
+        waits += min(interval, policy["interval_max"])
+        interval += policy["interval_step"]
+    # Field measurement: sentinels switch in ~3 s after down-after-milliseconds (5 s here).
+    assert waits >= 10
+    assert policy["max_retries"] >= 10
+
+
+@pytest.mark.reliability("R19")
+def test_producer_pool_is_bounded_for_gevent() -> None:
+    assert celeryconfig.broker_pool_limit is not None
+    assert celeryconfig.broker_pool_limit <= SETTINGS.worker_low_concurrency
+
+
+{%- if cookiecutter.redis_mode == "sentinel" %}
+
+
+@pytest.mark.reliability("R31")
+def test_broker_and_results_go_through_sentinel_with_auth_and_timeouts() -> None:
+    for url in (celeryconfig.broker_url, celeryconfig.result_backend):
+        nodes = url.split(";")
+        assert len(nodes) == len(SETTINGS.redis_sentinels)
+        assert all(node.startswith("sentinel://") for node in nodes)
+    for options in (
+        celeryconfig.broker_transport_options,
+        celeryconfig.result_backend_transport_options,
+    ):
+        assert options["master_name"] == SETTINGS.redis_master_name
+        sentinel_kwargs = options["sentinel_kwargs"]
+        assert "password" in sentinel_kwargs
+        assert sentinel_kwargs["socket_timeout"] == SETTINGS.redis_socket_timeout
+        assert options["socket_timeout"] == SETTINGS.redis_socket_timeout
+        assert options["health_check_interval"] == SETTINGS.redis_health_check_interval
+{%- endif %}
+
+
+def _our_tasks(app: Celery) -> dict[str, Any]:
+    return {
+        name: task for name, task in app.tasks.items() if task.__module__ in set(TASK_MODULES)
+    }
+
+
+@pytest.mark.reliability("R08")
+def test_every_task_has_an_explicit_name(celery_app: Celery) -> None:
+    celery_app.loader.import_default_modules()
+    tasks = _our_tasks(celery_app)
+    assert tasks, "no task registered from TASK_MODULES"
+    for name, task in tasks.items():
+        assert name != f"{task.__module__}.{task.run.__name__}", f"{name} uses a generated name"
+        assert name.startswith("demo.")
+
+
+BASIC_TYPES = {str, int, float, bool, type(None), list, dict}
+
+
+@pytest.mark.reliability("R07")
+def test_task_arguments_are_json_basic_types(celery_app: Celery) -> None:
+    celery_app.loader.import_default_modules()
+    for name, task in _our_tasks(celery_app).items():
+        hints = typing.get_type_hints(task.run)
+        for parameter in inspect.signature(task.run).parameters:
+            hint = hints[parameter]
+            base = typing.get_origin(hint) or hint
+            assert base in BASIC_TYPES, f"{name}({parameter}: {hint}) is not a JSON basic type"
+
+
+@pytest.mark.reliability("R29")
+def test_beat_has_an_interval_and_a_crontab_entry_routed_to_their_queues(
+    celery_app: Celery,
+) -> None:
+    schedule = celeryconfig.beat_schedule
+    kinds = {type(entry["schedule"]) for entry in schedule.values()}
+    assert kinds == {timedelta, crontab}
+    celery_app.loader.import_default_modules()
+    queues = {
+        entry["task"]: celery_app.amqp.router.route({}, entry["task"])["queue"].name
+        for entry in schedule.values()
+    }
+    assert queues == {"demo.urgent_ping": "high", "demo.reports.build_report": "low"}

@@ -1,0 +1,52 @@
+"""Each process kind's command line, as the entrypoint scripts exec it (R19)."""
+
+from __future__ import annotations
+
+import pytest
+
+from {{ cookiecutter.package_name }}.launch import command_for
+from {{ cookiecutter.package_name }}.settings import Settings
+
+
+def make(**overrides: object) -> Settings:
+    return Settings(_env_file=None, **overrides)  # type: ignore[call-arg]
+
+
+@pytest.mark.reliability("R10", "R19")
+def test_each_worker_group_consumes_its_queue_with_its_pool() -> None:
+    settings = make(worker_low_pool="gevent", worker_low_concurrency=40, worker_high_pool="prefork")
+    low = command_for("worker", "low", settings)
+    assert "--queues=low" in low
+    assert "--pool=gevent" in low
+    assert "--concurrency=40" in low
+    high = command_for("worker", "high", settings)
+    assert "--queues=high" in high
+    assert "--pool=prefork" in high
+
+
+def test_a_worker_without_queue_group_is_refused() -> None:
+    with pytest.raises(SystemExit, match="queue group"):
+        command_for("worker", None, make())
+
+
+@pytest.mark.reliability("R29")
+def test_beat_keeps_its_schedule_file_where_settings_say() -> None:
+    command = command_for("beat", None, make(beat_schedule_file="/data/beat"))
+    assert command[:4] == ["celery", "--app", command[2], "beat"]
+    assert "--schedule=/data/beat" in command
+
+
+def test_api_runs_gunicorn_with_uvicorn_workers() -> None:
+    command = command_for("api", None, make())
+    assert command[0] == "gunicorn"
+    assert any(part.endswith("api.gunicorn_conf") for part in command)
+{%- if cookiecutter.use_flower == "yes" %}
+
+
+@pytest.mark.reliability("R35")
+def test_flower_credentials_stay_off_the_command_line() -> None:
+    settings = make(flower_basic_auth="admin:s3cret")
+    command = command_for("flower", None, settings)
+    assert "flower" in command
+    assert not any("s3cret" in part for part in command)
+{%- endif %}

@@ -1,0 +1,71 @@
+"""Settings come from the environment and refuse combinations that would break guarantees."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from {{ cookiecutter.package_name }}.settings import Settings
+
+
+def make(**overrides: object) -> Settings:
+    return Settings(_env_file=None, **overrides)  # type: ignore[call-arg]
+
+
+@pytest.mark.reliability("R16")
+def test_hard_limit_must_exceed_soft_limit() -> None:
+    with pytest.raises(ValidationError, match="TASK_TIME_LIMIT must exceed"):
+        make(task_soft_time_limit=60, task_time_limit=60)
+
+
+@pytest.mark.reliability("R04")
+def test_visibility_timeout_must_outlast_the_hard_limit() -> None:
+    with pytest.raises(ValidationError, match="VISIBILITY_TIMEOUT must exceed"):
+        make(task_soft_time_limit=10, task_time_limit=20, visibility_timeout=20)
+
+
+@pytest.mark.reliability("R05")
+def test_retry_backoff_cannot_outwait_the_visibility_timeout() -> None:
+    with pytest.raises(ValidationError, match="TASK_RETRY_BACKOFF_MAX"):
+        make(visibility_timeout=400, task_time_limit=330, task_retry_backoff_max=100)
+
+
+def test_values_are_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_SENTINELS", "s1:26379, s2:26379")
+    monkeypatch.setenv("WORKER_LOW_POOL", "prefork")
+    monkeypatch.setenv("API_TASK_ALLOWLIST", "demo.echo,demo.sleep")
+    settings = make()
+    assert settings.redis_sentinels == ("s1:26379", "s2:26379")
+    assert settings.worker_group("low").pool == "prefork"
+    assert settings.api_task_allowlist == ("demo.echo", "demo.sleep")
+
+
+def test_an_unknown_pool_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WORKER_HIGH_POOL", "eventlet")
+    with pytest.raises(ValidationError, match="worker_high_pool"):
+        make()
+
+
+@pytest.mark.reliability("R31")
+def test_sentinel_urls_list_every_sentinel_with_an_escaped_password() -> None:
+    settings = make(
+        redis_mode="sentinel",
+        redis_sentinels="a:1,b:2,c:3",
+        redis_password="p@ss/word",
+        redis_broker_db=0,
+    )
+    assert settings.broker_url == (
+        "sentinel://:p%40ss%2Fword@a:1/0;sentinel://:p%40ss%2Fword@b:2/0;"
+        "sentinel://:p%40ss%2Fword@c:3/0"
+    )
+    assert settings.result_backend_url.endswith("@c:3/1")
+
+
+def test_standalone_mode_uses_one_redis_url() -> None:
+    settings = make(redis_mode="standalone", redis_address="r:6379", redis_password="")
+    assert settings.broker_url == "redis://r:6379/0"
+
+
+def test_crontab_needs_five_fields() -> None:
+    with pytest.raises(ValidationError, match="five fields"):
+        make(beat_report_crontab="0 3 * *")

@@ -1,0 +1,79 @@
+"""Example tasks and the base class, run eagerly with an in-memory result backend."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from celery import Celery, states
+
+from {{ cookiecutter.package_name }}.tasks import demo, reports
+from {{ cookiecutter.package_name }}.tasks.cancel import request_abort
+from {{ cookiecutter.package_name }}.tasks.errors import RetryableError
+
+
+def test_echo_returns_its_input(eager: Celery) -> None:
+    assert demo.echo.delay("hello").get() == "hello"
+
+
+@pytest.mark.reliability("R12")
+def test_flaky_succeeds_after_its_automatic_retries(eager: Celery) -> None:
+    assert demo.flaky.delay(3).get() == 3
+
+
+@pytest.mark.reliability("R13")
+def test_retry_later_reschedules_itself_explicitly(eager: Celery) -> None:
+    assert demo.retry_later.delay(2, 0.0).get() == 2
+
+
+@pytest.mark.reliability("R12", "R14")
+def test_fail_gives_up_after_max_retries(eager: Celery) -> None:
+    with pytest.raises(RetryableError):
+        demo.fail.delay("boom").get()
+
+
+@pytest.mark.reliability("R15")
+def test_hooks_record_each_transition(eager: Celery, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    demo.flaky.delay(1).get()
+    events = [getattr(record, "event", None) for record in caplog.records]
+    assert "task_retry" in events
+    assert "task_succeeded" in events
+    with pytest.raises(RetryableError):
+        demo.fail.delay("boom").get()
+    failed = [
+        record for record in caplog.records if getattr(record, "event", None) == "task_failed"
+    ]
+    assert failed
+    assert "RetryableError: boom" in failed[-1].error
+
+
+@pytest.mark.reliability("R42")
+def test_report_fans_out_over_chunks_and_combines(eager: Celery) -> None:
+    result = reports.build_report.delay(10, 3).get()
+    assert result == {"total": sum(n * n for n in range(10)), "chunks": 4}
+
+
+@pytest.mark.reliability("R23")
+def test_sleep_reports_progress(celery_app: Celery) -> None:
+    task_id = "progress-probe"
+    demo.sleep.apply(kwargs={"seconds": 0.2}, task_id=task_id)
+    # The last state before completion was PROGRESS with counters (eager apply stores no SUCCESS).
+    meta = celery_app.backend.get_task_meta(task_id)
+    assert meta["status"] == "PROGRESS"
+    assert set(meta["result"]) == {"done", "total"}
+
+
+@pytest.mark.reliability("R24")
+def test_sleep_stops_when_aborted(celery_app: Celery) -> None:
+    task_id = "abort-probe"
+    request_abort(celery_app, task_id)
+    result = demo.sleep.apply(kwargs={"seconds": 5}, task_id=task_id)
+    assert result.state == states.IGNORED
+    assert celery_app.backend.get_task_meta(task_id)["status"] == states.REVOKED
+
+
+@pytest.mark.reliability("R25")
+def test_fire_and_forget_task_ignores_its_result() -> None:
+    assert demo.notify.ignore_result is True
+    assert demo.echo.ignore_result is False
