@@ -93,7 +93,7 @@ class Settings(BaseSettings):
     api_workers: int = Field(default=2, ge=1)
     api_timeout: int = Field(default=60, ge=1)
     api_max_body_bytes: int = Field(default=64 * 1024, ge=1024)
-    api_readiness_timeout: float = Field(default=2.0, gt=0)
+    api_readiness_timeout: int = Field(default=2, ge=1)
     api_task_allowlist: CommaList = (
         "demo.echo",
         "demo.sleep",

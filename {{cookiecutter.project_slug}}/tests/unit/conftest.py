@@ -23,11 +23,11 @@ def celery_app() -> Celery:
 @pytest.fixture
 def eager(celery_app: Celery) -> Iterator[Celery]:
     """R28: eager execution, for unit tests only; restored afterwards."""
-    celery_app.conf.update(task_always_eager=True, task_eager_propagates=True)
+    celery_app.conf.update(task_always_eager=True)
     try:
         yield celery_app
     finally:
-        celery_app.conf.update(task_always_eager=False, task_eager_propagates=False)
+        celery_app.conf.update(task_always_eager=False)
 
 
 @pytest.fixture

@@ -104,10 +104,10 @@ def test_hard_limit_leaves_a_cleanup_margin_after_the_soft_limit() -> None:
 @pytest.mark.reliability("R17")
 def test_publish_retry_policy_outlasts_a_sentinel_failover() -> None:
     policy = celeryconfig.task_publish_retry_policy
-    waits, interval = 0.0, policy["interval_start"]
-    for _ in range(policy["max_retries"]):
-        waits += min(interval, policy["interval_max"])
-        interval += policy["interval_step"]
+    waits, interval = 0.0, float(policy["interval_start"])
+    for _ in range(int(policy["max_retries"])):
+        waits += min(interval, float(policy["interval_max"]))
+        interval += float(policy["interval_step"])
     # Field measurement: sentinels switch in ~3 s after down-after-milliseconds (5 s here).
     assert waits >= 10
     assert policy["max_retries"] >= 10

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 from collections.abc import Iterator
@@ -18,12 +19,16 @@ from {{ cookiecutter.package_name }}.tasks import demo
 
 
 @pytest.fixture
-def json_lines(capsys: pytest.CaptureFixture[str]) -> Iterator[Any]:
-    """Configure JSON logging onto the captured stdout; yields a reader of parsed lines."""
+def json_lines() -> Iterator[Any]:
+    """The service's JSON logging, writing to a buffer; yields a reader of the parsed lines."""
     configure_logging(get_settings(), "worker")
+    (handler,) = logging.getLogger().handlers
+    buffer = io.StringIO()
+    assert isinstance(handler, logging.StreamHandler)
+    handler.setStream(buffer)
 
     def read() -> list[dict[str, Any]]:
-        return [json.loads(line) for line in capsys.readouterr().out.splitlines() if line]
+        return [json.loads(line) for line in buffer.getvalue().splitlines() if line]
 
     yield read
     logging.basicConfig(handlers=[logging.NullHandler()], force=True)

@@ -19,13 +19,13 @@ def _reset_sentry() -> Iterator[None]:
 
 @pytest.mark.reliability("R38")
 def test_no_dsn_means_no_client() -> None:
-    assert init_sentry(Settings(_env_file=None, sentry_dsn=""), "api") is False  # type: ignore[call-arg]
+    assert init_sentry(Settings(_env_file=None, sentry_dsn=""), "api") is False
     assert not sentry_sdk.get_client().is_active()
 
 
 @pytest.mark.reliability("R38")
 def test_a_dsn_starts_the_client_with_the_celery_integration() -> None:
-    settings = Settings(_env_file=None, sentry_dsn="http://key@127.0.0.1:9/1")  # type: ignore[call-arg]
+    settings = Settings(_env_file=None, sentry_dsn="http://key@127.0.0.1:9/1")
     assert init_sentry(settings, "worker") is True
     client = sentry_sdk.get_client()
     assert client.is_active()

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from pydantic import ValidationError
 
 from {{ cookiecutter.package_name }}.settings import Settings
 
 
-def make(**overrides: object) -> Settings:
-    return Settings(_env_file=None, **overrides)  # type: ignore[call-arg]
+def make(**overrides: Any) -> Settings:
+    """Settings from defaults and overrides only: no .env, no leftovers from other tests."""
+    return Settings(_env_file=None, **overrides)
 
 
 @pytest.mark.reliability("R16")

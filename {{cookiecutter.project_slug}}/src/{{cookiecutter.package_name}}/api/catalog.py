@@ -62,7 +62,7 @@ def _argument_model(task: Task) -> type[BaseModel]:  # type: ignore[type-arg]
     for name, parameter in inspect.signature(task.run).parameters.items():
         default = ... if parameter.default is inspect.Parameter.empty else parameter.default
         fields[name] = (hints.get(name, Any), default)
-    return create_model(  # type: ignore[call-overload, no-any-return]
+    return create_model(
         f"{task.name.replace('.', '_')}_arguments",
         __config__=ConfigDict(extra="forbid"),
         **fields,

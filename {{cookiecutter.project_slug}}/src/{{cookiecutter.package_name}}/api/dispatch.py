@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from celery import Celery
 from kombu.exceptions import OperationalError
@@ -41,15 +42,19 @@ def dispatch(
     _refuse_long_delays(submission, settings)
     queue = submission.queue or app.amqp.router.route({}, task.name)["queue"].name
     task_id = str(uuid.uuid4())
+    options: dict[str, Any] = {
+        "countdown": submission.countdown,
+        "eta": submission.eta,
+        "priority": submission.priority,
+        # Carried into the worker's logs, linking a task to the request that made it.
+        "headers": {"request_id": request_id} if request_id else None,
+    }
     try:
         task.apply_async(
             kwargs=kwargs,
             task_id=task_id,
             queue=queue,
-            countdown=submission.countdown,
-            eta=submission.eta,
-            priority=submission.priority,
-            headers={"request_id": request_id},
+            **{name: value for name, value in options.items() if value is not None},
         )
     except BROKER_ERRORS as exc:
         raise BrokerUnavailable(

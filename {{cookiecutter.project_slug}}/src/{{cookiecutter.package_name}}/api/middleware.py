@@ -59,12 +59,12 @@ class RequestContextMiddleware:
             request_id_var.reset(token)
 
 
-class BodyTooLarge(Exception):
-    pass
-
-
 class BodySizeLimitMiddleware:
-    """Answer 413 before reading more than `max_bytes` of a request body."""
+    """Answer 413 as soon as a request body exceeds `max_bytes`, declared or streamed.
+
+    The body is buffered (it is small by definition) and replayed to the application,
+    so a chunked upload without Content-Length is bounded too.
+    """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -78,28 +78,27 @@ class BodySizeLimitMiddleware:
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
             await self._reject(send)
             return
-        received = 0
-        response_started = False
-
-        async def limited_receive() -> Message:
-            nonlocal received
+        body = bytearray()
+        more_body = True
+        while more_body:
             message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise BodyTooLarge
-            return message
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal response_started
-            response_started = response_started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except BodyTooLarge:
-            if not response_started:
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            if len(body) > self.max_bytes:
                 await self._reject(send)
+                return
+            more_body = message.get("more_body", False)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": bytes(body), "more_body": False}
+
+        await self.app(scope, replay, send)
 
     async def _reject(self, send: Send) -> None:
         body = json.dumps(

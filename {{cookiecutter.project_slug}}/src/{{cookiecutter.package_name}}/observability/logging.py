@@ -28,7 +28,7 @@ class ContextFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.service = self.service
         record.component = self.component
-        task = current_task._get_current_object() if current_task else None
+        task = current_task if current_task else None
         request = task.request if task is not None else None
         record.task_id = getattr(record, "task_id", None) or getattr(request, "id", None)
         record.task_name = getattr(record, "task_name", None) or getattr(task, "name", None)

@@ -85,5 +85,5 @@ class ReliableTask(Task):  # type: ignore[type-arg]
         if not self.is_aborted():
             return
         logger.warning("task aborted on request", extra={"event": "task_aborted"})
-        self.backend.mark_as_revoked(self.request.id, reason="aborted", request=self.request)
+        self.backend.mark_as_revoked(str(self.request.id), reason="aborted", request=self.request)
         raise Ignore()

@@ -6,7 +6,15 @@ update overwrites; a separate key cannot be lost that way.
 
 from __future__ import annotations
 
+from typing import cast
+
 from celery import Celery
+from celery.backends.base import BaseKeyValueStoreBackend
+
+
+def _store(app: Celery) -> BaseKeyValueStoreBackend:
+    """The result backend as a key-value store (Redis in production, memory in unit tests)."""
+    return cast(BaseKeyValueStoreBackend, app.backend)
 
 
 def _abort_key(app: Celery, task_id: str) -> str:
@@ -15,8 +23,8 @@ def _abort_key(app: Celery, task_id: str) -> str:
 
 def request_abort(app: Celery, task_id: str) -> None:
     """Ask a running task to stop at its next checkpoint (expires with the results)."""
-    app.backend.set(_abort_key(app, task_id), b"1")
+    _store(app).set(_abort_key(app, task_id), b"1")
 
 
 def abort_requested(app: Celery, task_id: str) -> bool:
-    return app.backend.get(_abort_key(app, task_id)) is not None
+    return _store(app).get(_abort_key(app, task_id)) is not None

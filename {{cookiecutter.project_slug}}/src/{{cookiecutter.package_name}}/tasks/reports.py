@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from celery import chord
+from celery import Signature, chord
 from pydantic import Field
 
 from {{ cookiecutter.package_name }}.celery_app import app
@@ -26,10 +26,15 @@ def combine(self: ReliableTask, parts: list[int]) -> dict[str, int]:
     return {"total": sum(parts), "chunks": len(parts)}
 
 
-@app.task(name="demo.reports.build_report", base=ReliableTask, bind=True)
-def build_report(self: ReliableTask, size: Size, chunk_size: ChunkSize) -> Any:
-    """Fan the range out as a chord of slices and replace itself with it."""
+def report_chord(size: int, chunk_size: int) -> Signature[Any]:
+    """The whole report as a chord: one sum_chunk per slice, then combine."""
     slices = [
         sum_chunk.si(start, min(start + chunk_size, size)) for start in range(0, size, chunk_size)
     ]
-    return self.replace(chord(slices, combine.s()))
+    return chord(slices, combine.s())
+
+
+@app.task(name="demo.reports.build_report", base=ReliableTask, bind=True)
+def build_report(self: ReliableTask, size: Size, chunk_size: ChunkSize) -> Any:
+    """Replace itself with the chord: the slices run in parallel on every low worker."""
+    return self.replace(report_chord(size, chunk_size))

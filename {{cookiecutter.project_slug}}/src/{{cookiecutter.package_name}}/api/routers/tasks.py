@@ -82,7 +82,7 @@ def submit_task(
 
 @router.get("/{task_id}", name="get_task", responses={503: {"description": "Backend unreachable"}})
 def get_task(task_id: uuid.UUID, app: CeleryDep) -> TaskStatus:
-    result = AsyncResult(str(task_id), app=app)
+    result: AsyncResult[Any] = AsyncResult(str(task_id), app=app)
     try:
         state, info, date_done = result.state, result.info, result.date_done
     except BROKER_ERRORS as exc:
