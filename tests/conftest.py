@@ -75,8 +75,12 @@ class Result:
     returncode: int
     output: str
 
-    def explain(self) -> str:
-        return f"`{' '.join(self.command)}` exited {self.returncode}; output:\n{self.output}"
+    def explain(self, last_lines: int = 150) -> str:
+        """The command, its exit code and the end of its output, for assertion messages."""
+        lines = self.output.splitlines()
+        shown = "\n".join(lines[-last_lines:])
+        cut = f" (last {last_lines} of {len(lines)} lines)" if len(lines) > last_lines else ""
+        return f"`{' '.join(self.command)}` exited {self.returncode}; output{cut}:\n{shown}"
 
 
 @dataclass(frozen=True)

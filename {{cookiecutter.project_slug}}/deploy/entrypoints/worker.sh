@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
 # A Celery worker for one queue group: worker.sh high|default|low.
-# Compose, Helm and the test harness all start this process kind through this script.
+# Every deployment and the test harness start this process kind through this script.
 set -o errexit -o pipefail -o nounset
 exec python -m {{ cookiecutter.package_name }}.launch worker "$@"

@@ -72,6 +72,8 @@ broker_pool_limit = _settings.broker_pool_limit
 # Result backend reads/writes retry through a failover instead of failing the task.
 result_backend_always_retry = True
 result_backend_max_retries = 20
+# ...with sleeps capped at 1 s: ~15 s in all, the same budget as a publish (R17).
+result_backend_max_sleep_between_retries_ms = 1000
 redis_socket_timeout = _settings.redis_socket_timeout
 redis_socket_connect_timeout = _settings.redis_socket_connect_timeout
 redis_retry_on_timeout = True
@@ -142,7 +144,7 @@ task_track_started = True
 result_expires = timedelta(seconds=_settings.result_expires)
 # R25: results are kept unless a task opts out with ignore_result=True.
 task_ignore_result = False
-# R26: workers emit task events (Flower and the exporter read them) ...
+# R26: workers emit task events (monitoring tools read them) ...
 worker_send_task_events = True
 # ... and producers emit task-sent, so queued work is visible too.
 task_send_sent_event = True

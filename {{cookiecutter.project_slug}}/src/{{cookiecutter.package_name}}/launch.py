@@ -1,6 +1,6 @@
 """Build each process kind's command line from settings and exec it.
 
-deploy/entrypoints/*.sh call this, and so do compose, Helm and the tests through them:
+deploy/entrypoints/*.sh call this, and every deployment and test starts processes through them:
 one definition of how api, worker, beat{% if cookiecutter.use_flower == "yes" %} and flower{% endif %} start.
 """
 

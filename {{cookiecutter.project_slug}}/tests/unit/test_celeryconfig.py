@@ -142,9 +142,8 @@ def test_broker_and_results_go_through_sentinel_with_auth_and_timeouts() -> None
 
 
 def _our_tasks(app: Celery) -> dict[str, Any]:
-    return {
-        name: task for name, task in app.tasks.items() if task.__module__ in set(TASK_MODULES)
-    }
+    modules = set(TASK_MODULES)
+    return {name: task for name, task in app.tasks.items() if task.__module__ in modules}
 
 
 @pytest.mark.reliability("R08")

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from celery.result import denied_join_result
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from {{ cookiecutter.package_name }}.api.catalog import TaskCatalog
 from {{ cookiecutter.package_name }}.api.dispatch import BrokerUnavailable
-from {{ cookiecutter.package_name }}.api.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
+from {{ cookiecutter.package_name }}.api.middleware import (
+    BodySizeLimitMiddleware,
+    RequestContextMiddleware,
+)
 from {{ cookiecutter.package_name }}.api.routers import health, tasks
 from {{ cookiecutter.package_name }}.celery_app import app as celery_app
 from {{ cookiecutter.package_name }}.observability.logging import configure_logging
@@ -25,7 +32,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 {%- if cookiecutter.use_sentry == "yes" %}
     init_sentry(settings, "api")
 {%- endif %}
-    api = FastAPI(title="{{ cookiecutter.project_name }}", version="0.1.0")
+    api = FastAPI(title="{{ cookiecutter.project_name }}", version="0.1.0", lifespan=_lifespan)
     api.state.settings = settings
     api.state.celery = celery_app
     api.state.catalog = TaskCatalog(celery_app, settings.api_task_allowlist)
@@ -35,6 +42,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     api.add_middleware(RequestContextMiddleware)
     api.add_exception_handler(BrokerUnavailable, _broker_unavailable)
     return api
+
+
+@asynccontextmanager
+async def _lifespan(api: FastAPI) -> AsyncIterator[None]:
+    """The API reads task state by GET and never waits on a result, so it says so.
+
+    Otherwise every publish first subscribes to the task's result channel, outside the
+    publish retry policy, and a Sentinel failover turns that subscription into a 503.
+    """
+    with denied_join_result():
+        yield
 
 
 async def _broker_unavailable(request: Request, exc: Exception) -> JSONResponse:
