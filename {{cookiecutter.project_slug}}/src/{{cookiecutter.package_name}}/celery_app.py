@@ -10,6 +10,7 @@ from {{ cookiecutter.package_name }}.observability import signals
 TASK_MODULES = (
     "{{ cookiecutter.package_name }}.tasks.demo",
     "{{ cookiecutter.package_name }}.tasks.reports",
+    "{{ cookiecutter.package_name }}.ledger.tasks",
 )
 
 app = Celery("{{ cookiecutter.package_name }}", include=list(TASK_MODULES))

@@ -170,7 +170,10 @@ task_eager_propagates = False
 # R39: our setup_logging handler owns the root logger; Celery must not replace it.
 worker_hijack_root_logger = False
 
-# --- Beat (R29) -------------------------------------------------------------------------
-# R29: periodic work is declared here and run by the single beat process.
+# --- Beat (R29, R30) --------------------------------------------------------------------
+# R30: the schedule lives in the database; R29: one beat at a time holds the lease.
+beat_scheduler = "{{ cookiecutter.package_name }}.ledger.beat:LedgerScheduler"
+# R29: the default entries (seeded into the table on first start).
 beat_schedule = build_beat_schedule(_settings)
-beat_schedule_filename = _settings.beat_schedule_file
+# Wake at least this often: renew the lease, notice edited rows.
+beat_max_loop_interval = _settings.beat_reload_interval

@@ -48,7 +48,7 @@ def beat_command(settings: Settings) -> list[str]:
         "--app",
         CELERY_APP,
         "beat",
-        f"--schedule={settings.beat_schedule_file}",
+        # R29/R30: the database scheduler with its leader lease (celeryconfig.beat_scheduler).
         f"--loglevel={settings.log_level}",
     ]
 {%- if cookiecutter.use_flower == "yes" %}
@@ -89,7 +89,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         # R35: Flower only behind authentication.
         env["FLOWER_BASIC_AUTH"] = settings.flower_basic_auth.get_secret_value()
 {%- endif %}
-    os.makedirs(os.path.dirname(settings.beat_schedule_file) or ".", exist_ok=True)
     sys.stdout.flush()
     os.execvpe(command[0], command, env)  # noqa: S606 - replaces this process by design
 

@@ -4,17 +4,23 @@ from __future__ import annotations
 
 from kombu import Exchange, Queue
 
+# The queues worker groups consume, one group each.
 QUEUE_NAMES = ("high", "default", "low")
 DEFAULT_QUEUE = "default"
+# R14: final failures are parked here; no worker group consumes it.
+DEAD_QUEUE = "dead"
 
 # Each queue gets its own direct exchange and a routing key equal to its name: a Queue
 # declared without one is bound with key "default" and would swallow default traffic.
 TASK_QUEUES = tuple(
-    Queue(name, Exchange(name, type="direct"), routing_key=name) for name in QUEUE_NAMES
+    Queue(name, Exchange(name, type="direct"), routing_key=name)
+    for name in (*QUEUE_NAMES, DEAD_QUEUE)
 )
 
 # Routes by exact task name first, then by module glob; anything else goes to "default".
 TASK_ROUTES = {
     "demo.urgent_ping": {"queue": "high"},
     "demo.reports.*": {"queue": "low"},
+    # Operational tasks must not wait behind a backlog of ordinary work.
+    "ledger.*": {"queue": "high"},
 }

@@ -57,6 +57,23 @@ class Settings(BaseSettings):
         "sqlite:///var/ledger.sqlite3"
 {%- endif %}
     )
+    # A dead database must fail a request or a task fast, not hang it.
+    database_timeout: int = Field(default=5, ge=1)
+
+    # --- Ledger: attempts, reconcile, retention ---------------------------------------
+    # Every start counts (first run, retries, redeliveries); past this the task is DEAD.
+    ledger_max_attempts: int = Field(default=10, ge=1)
+    reconcile_interval: float = Field(default=60.0, gt=0)
+    # A row still QUEUED this long was never handed to the broker: publish it again.
+    reconcile_queued_after: int = Field(default=30, ge=1)
+    # A row PUBLISHED this long without starting may have been lost in a failover.
+    reconcile_published_after: int = Field(default=1800, ge=1)
+    reconcile_batch_size: int = Field(default=500, ge=1)
+    ledger_retention_days: int = Field(default=30, ge=1)
+    ledger_prune_crontab: str = "30 4 * * *"
+    # Beat: how often the schedule is re-read from the database, and the leader lease.
+    beat_reload_interval: float = Field(default=5.0, gt=0)
+    beat_lease_seconds: float = Field(default=30.0, gt=0)
 
     # --- Time limits, redelivery, retries (seconds) ----------------------------------
     task_soft_time_limit: int = Field(default=300, gt=0)
@@ -84,7 +101,6 @@ class Settings(BaseSettings):
     broker_pool_limit: int = Field(default=10, ge=1)
 
     # --- Beat -------------------------------------------------------------------------
-    beat_schedule_file: str = "var/celerybeat-schedule"
     beat_tick_seconds: float = Field(default=60.0, gt=0)
     beat_report_crontab: str = "0 3 * * *"
 
@@ -99,6 +115,7 @@ class Settings(BaseSettings):
         "demo.sleep",
         "demo.flaky",
         "demo.fail",
+        "demo.record_effect",
         "demo.urgent_ping",
         "demo.reports.build_report",
     )
@@ -122,11 +139,11 @@ class Settings(BaseSettings):
             return tuple(item.strip() for item in value.split(",") if item.strip())
         return value
 
-    @field_validator("beat_report_crontab")
+    @field_validator("beat_report_crontab", "ledger_prune_crontab")
     @classmethod
     def _five_cron_fields(cls, value: str) -> str:
         if len(value.split()) != 5:
-            raise ValueError("BEAT_REPORT_CRONTAB needs five fields: minute hour day month weekday")
+            raise ValueError("a crontab needs five fields: minute hour day month weekday")
         return value
 
     @model_validator(mode="after")
@@ -143,9 +160,25 @@ class Settings(BaseSettings):
                 "TASK_RETRY_BACKOFF_MAX must stay below VISIBILITY_TIMEOUT - TASK_TIME_LIMIT,"
                 " or a waiting retry is redelivered while it waits"
             )
+        if self.ledger_max_attempts <= self.task_max_retries:
+            raise ValueError(
+                "LEDGER_MAX_ATTEMPTS must exceed TASK_MAX_RETRIES, or retries are cut short"
+            )
+        if self.beat_lease_seconds <= 2 * self.beat_reload_interval:
+            raise ValueError("BEAT_LEASE_SECONDS must exceed twice BEAT_RELOAD_INTERVAL")
         if self.redis_mode == "sentinel" and len(self.redis_sentinels) < 1:
             raise ValueError("REDIS_SENTINELS needs at least one host:port")
         return self
+
+    @property
+    def reconcile_started_after(self) -> int:
+        """A STARTED row older than this lost its worker and kombu did not restore it."""
+        return self.visibility_timeout + 3 * self.unacked_restore_interval
+
+    @property
+    def reconcile_retry_after(self) -> int:
+        """A RETRY row older than this lost its scheduled retry message."""
+        return self.visibility_timeout + self.task_retry_backoff_max
 
     @property
     def max_countdown(self) -> int:

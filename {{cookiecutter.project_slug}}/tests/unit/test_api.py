@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -11,7 +12,10 @@ import pytest
 from celery import Celery, states
 from fastapi.testclient import TestClient
 from kombu.exceptions import OperationalError
+from sqlalchemy.exc import OperationalError as SQLAlchemyOperationalError
 
+from {{ cookiecutter.package_name }}.ledger.db import session_scope
+from {{ cookiecutter.package_name }}.ledger.models import TaskRecord
 from {{ cookiecutter.package_name }}.settings import get_settings
 from {{ cookiecutter.package_name }}.tasks.cancel import abort_requested
 
@@ -22,13 +26,19 @@ def submit(client: TestClient, **body: Any) -> Any:
     return client.post(TASKS, json=body)
 
 
+def ledger_state(task_id: str) -> str | None:
+    with session_scope() as session:
+        record = session.get(TaskRecord, task_id)
+        return None if record is None else record.state
+
+
 def test_submit_accepts_an_allowlisted_task(client: TestClient) -> None:
     response = submit(client, name="demo.echo", kwargs={"message": "hi"})
     assert response.status_code == 202, response.text
     body = response.json()
     assert uuid.UUID(body["id"])
     assert body["queue"] == "default"
-    assert body["state"] == states.PENDING
+    assert body["state"] == "PUBLISHED"
     assert response.headers["location"].endswith(f"{TASKS}/{body['id']}")
     assert response.headers["x-request-id"]
 
@@ -106,25 +116,45 @@ def test_oversized_bodies_get_413(client: TestClient) -> None:
     assert streamed.status_code == 413
 
 
-@pytest.mark.reliability("R17")
-def test_broker_unreachable_answers_503_never_202(
+@pytest.mark.reliability("R17", "R33")
+def test_broker_down_keeps_the_task_durable_as_queued(
     client: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def refuse(*args: Any, **kwargs: Any) -> None:
         raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
 
-    monkeypatch.setattr("celery.app.task.Task.apply_async", refuse)
+    monkeypatch.setattr("celery.Celery.send_task", refuse)
+    response = submit(client, name="demo.echo", kwargs={"message": "x"})
+    assert response.status_code == 202
+    assert response.json()["state"] == "QUEUED"
+    assert ledger_state(response.json()["id"]) == "QUEUED"
+
+
+@pytest.mark.reliability("R33")
+def test_ledger_down_answers_503_and_publishes_nothing(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sent: list[Any] = []
+    monkeypatch.setattr("celery.Celery.send_task", lambda *a, **k: sent.append(a))
+
+    @contextmanager
+    def unreachable() -> Iterator[None]:
+        raise SQLAlchemyOperationalError("SELECT 1", {}, ConnectionRefusedError("db down"))
+        yield
+
+    monkeypatch.setattr("{{ cookiecutter.package_name }}.api.dispatch.session_scope", unreachable)
     response = submit(client, name="demo.echo", kwargs={"message": "x"})
     assert response.status_code == 503
-    assert "Connection refused" in response.json()["detail"]
+    assert "ledger database unreachable" in response.json()["detail"]
     assert response.headers["retry-after"]
+    assert sent == []
 
 
 @pytest.mark.reliability("R22", "R23")
 @pytest.mark.parametrize(
     ("state", "result", "expected"),
     [
-        (states.STARTED, {"pid": 1}, {"state": "STARTED", "progress": {"pid": 1}}),
+        (states.STARTED, {"pid": 1}, {"progress": {"pid": 1}}),
         ("PROGRESS", {"done": 1, "total": 4}, {"progress": {"done": 1, "total": 4}}),
         (states.SUCCESS, {"answer": 42}, {"result": {"answer": 42}}),
         (states.RETRY, ValueError("flaky"), {"error": {"type": "ValueError", "message": "flaky"}}),
@@ -137,24 +167,38 @@ def test_status_shows_state_progress_result_and_error(
     task_id = str(uuid.uuid4())
     celery_app.backend.store_result(task_id, result, state)
     body = client.get(f"{TASKS}/{task_id}").json()
-    assert body["state"] == state
+    assert body["celery_state"] == state
     for key, value in expected.items():
         assert body[key] == value
 
 
-def test_status_of_an_unknown_task_is_pending_and_bad_ids_are_422(client: TestClient) -> None:
-    assert client.get(f"{TASKS}/{uuid.uuid4()}").json()["state"] == states.PENDING
+def test_status_of_an_unknown_task_is_404_and_bad_ids_are_422(client: TestClient) -> None:
+    assert client.get(f"{TASKS}/{uuid.uuid4()}").status_code == 404
     assert client.get(f"{TASKS}/not-a-uuid").status_code == 422
+
+
+@pytest.mark.reliability("R33")
+def test_status_reads_the_ledger_row(client: TestClient) -> None:
+    task_id = submit(client, name="demo.echo", kwargs={"message": "x"}).json()["id"]
+    body = client.get(f"{TASKS}/{task_id}").json()
+    assert body["state"] == "PUBLISHED"
+    assert body["celery_state"] == states.PENDING
+    assert body["name"] == "demo.echo"
+    assert body["attempts"] == 0
+    assert body["created_at"]
 
 
 @pytest.mark.reliability("R24")
 def test_cancel_revokes_queued_and_aborts_running_tasks(
     client: TestClient, celery_app: Celery
 ) -> None:
-    queued = str(uuid.uuid4())
+    queued = submit(client, name="demo.echo", kwargs={"message": "x"}).json()["id"]
     response = client.delete(f"{TASKS}/{queued}")
     assert response.status_code == 202
     assert response.json()["action"] == "revoked"
+    assert ledger_state(queued) == "REVOKED"
+    assert client.delete(f"{TASKS}/{queued}").status_code == 409
+    assert client.delete(f"{TASKS}/{uuid.uuid4()}").status_code == 404
 
     running = str(uuid.uuid4())
     celery_app.backend.store_result(running, {"done": 1, "total": 9}, "PROGRESS")
@@ -171,9 +215,11 @@ def test_health_ready_and_metrics(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
     assert ready.status_code == 200, ready.text
+    assert ready.json() == {"broker": "ok", "result_backend": "ok", "database": "ok"}
     submit(client, name="demo.echo", kwargs={"message": "counted"})
     metrics = client.get("/metrics").text
-    assert 'tasks_submitted_total{outcome="accepted",task="demo.echo"}' in metrics
+    assert 'tasks_submitted_total{outcome="published",task="demo.echo"}' in metrics
+    assert 'ledger_tasks{state="PUBLISHED"}' in metrics
     assert "http_request_duration_seconds_bucket" in metrics
 
 

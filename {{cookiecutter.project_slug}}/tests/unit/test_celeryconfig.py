@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from celery import Celery
 from celery.schedules import crontab
+from celery.schedules import schedule as celery_schedule
 
 from {{ cookiecutter.package_name }} import celeryconfig
 from {{ cookiecutter.package_name }}.celery_app import TASK_MODULES
@@ -153,7 +154,7 @@ def test_every_task_has_an_explicit_name(celery_app: Celery) -> None:
     assert tasks, "no task registered from TASK_MODULES"
     for name, task in tasks.items():
         assert name != f"{task.__module__}.{task.run.__name__}", f"{name} uses a generated name"
-        assert name.startswith("demo.")
+        assert name.startswith(("demo.", "ledger."))
 
 
 BASIC_TYPES = {str, int, float, bool, type(None), list, dict}
@@ -176,10 +177,16 @@ def test_beat_has_an_interval_and_a_crontab_entry_routed_to_their_queues(
 ) -> None:
     schedule = celeryconfig.beat_schedule
     kinds = {type(entry["schedule"]) for entry in schedule.values()}
-    assert kinds == {timedelta, crontab}
+    assert kinds == {celery_schedule, crontab}
+    assert celeryconfig.beat_scheduler.endswith("ledger.beat:LedgerScheduler")
     celery_app.loader.import_default_modules()
     queues = {
         entry["task"]: celery_app.amqp.router.route({}, entry["task"])["queue"].name
         for entry in schedule.values()
     }
-    assert queues == {"demo.urgent_ping": "high", "demo.reports.build_report": "low"}
+    assert queues == {
+        "demo.urgent_ping": "high",
+        "demo.reports.build_report": "low",
+        "ledger.reconcile": "high",
+        "ledger.prune": "high",
+    }

@@ -33,10 +33,10 @@ def test_a_worker_without_queue_group_is_refused() -> None:
 
 
 @pytest.mark.reliability("R29")
-def test_beat_keeps_its_schedule_file_where_settings_say() -> None:
-    command = command_for("beat", None, make(beat_schedule_file="/data/beat"))
+def test_beat_runs_as_its_own_process() -> None:
+    command = command_for("beat", None, make())
     assert command[:4] == ["celery", "--app", command[2], "beat"]
-    assert "--schedule=/data/beat" in command
+    assert not any(part.startswith("--schedule") for part in command)
 
 
 def test_api_runs_gunicorn_with_uvicorn_workers() -> None:

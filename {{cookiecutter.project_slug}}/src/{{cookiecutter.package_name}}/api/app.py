@@ -10,12 +10,12 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from {{ cookiecutter.package_name }}.api.catalog import TaskCatalog
-from {{ cookiecutter.package_name }}.api.dispatch import BrokerUnavailable
+from {{ cookiecutter.package_name }}.api.dispatch import BrokerUnavailable, LedgerUnavailable
 from {{ cookiecutter.package_name }}.api.middleware import (
     BodySizeLimitMiddleware,
     RequestContextMiddleware,
 )
-from {{ cookiecutter.package_name }}.api.routers import health, tasks
+from {{ cookiecutter.package_name }}.api.routers import deadletters, health, tasks
 from {{ cookiecutter.package_name }}.celery_app import app as celery_app
 from {{ cookiecutter.package_name }}.observability.logging import configure_logging
 {%- if cookiecutter.use_sentry == "yes" %}
@@ -23,7 +23,7 @@ from {{ cookiecutter.package_name }}.observability.sentry import init_sentry
 {%- endif %}
 from {{ cookiecutter.package_name }}.settings import Settings, get_settings
 
-BROKER_RETRY_AFTER_SECONDS = "5"
+RETRY_AFTER_SECONDS = "5"
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -37,10 +37,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     api.state.celery = celery_app
     api.state.catalog = TaskCatalog(celery_app, settings.api_task_allowlist)
     api.include_router(tasks.router)
+    api.include_router(deadletters.router)
     api.include_router(health.router)
     api.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.api_max_body_bytes)
     api.add_middleware(RequestContextMiddleware)
-    api.add_exception_handler(BrokerUnavailable, _broker_unavailable)
+    api.add_exception_handler(BrokerUnavailable, _unavailable)
+    api.add_exception_handler(LedgerUnavailable, _unavailable)
     return api
 
 
@@ -55,12 +57,12 @@ async def _lifespan(api: FastAPI) -> AsyncIterator[None]:
         yield
 
 
-async def _broker_unavailable(request: Request, exc: Exception) -> JSONResponse:
-    """Never 202 for a task the broker did not take: 503 with the reason."""
+async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
+    """A dependency is down and nothing was accepted: 503 with the reason."""
     return JSONResponse(
         status_code=503,
         content={"detail": str(exc)},
-        headers={"Retry-After": BROKER_RETRY_AFTER_SECONDS},
+        headers={"Retry-After": RETRY_AFTER_SECONDS},
     )
 
 

@@ -1,33 +1,34 @@
-"""Hand a validated submission to the broker, or say honestly why it was not (R05, R17)."""
+"""Turn a validated submission into a ledger row and a published message (R05, R17, R33).
+
+The row is committed first; the message is published after the commit. If the broker
+cannot take it the row stays QUEUED (durable; the reconcile job publishes it later) and
+the API still answers 202. If the database cannot take the row, nothing is published
+and the API answers 503.
+"""
 
 from __future__ import annotations
 
-import uuid
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 from celery import Celery
-from kombu.exceptions import OperationalError
-from redis.exceptions import RedisError
+from sqlalchemy.exc import SQLAlchemyError
 
 from {{ cookiecutter.package_name }}.api.catalog import SubmissionRejected, TaskCatalog
 from {{ cookiecutter.package_name }}.api.schemas import TaskSubmission
+from {{ cookiecutter.package_name }}.ledger.db import session_scope
+from {{ cookiecutter.package_name }}.ledger.models import TaskRecord
+from {{ cookiecutter.package_name }}.ledger.publish import BROKER_ERRORS, enqueue
 from {{ cookiecutter.package_name }}.settings import Settings
 
-# What a publish raises once task_publish_retry_policy is exhausted.
-BROKER_ERRORS = (OperationalError, RedisError, OSError)
+__all__ = ["BROKER_ERRORS", "BrokerUnavailable", "LedgerUnavailable", "dispatch"]
 
 
 class BrokerUnavailable(Exception):
-    """The broker (or result backend) could not take the message: answered with 503."""
+    """Redis (broker or result backend) did not answer: 503."""
 
 
-@dataclass(frozen=True)
-class Dispatched:
-    id: str
-    name: str
-    queue: str
+class LedgerUnavailable(Exception):
+    """The ledger database did not take the row: 503, and nothing was published."""
 
 
 def dispatch(
@@ -36,32 +37,26 @@ def dispatch(
     settings: Settings,
     submission: TaskSubmission,
     request_id: str | None,
-) -> Dispatched:
+) -> TaskRecord:
     task = catalog.task(submission.name)
     kwargs = catalog.validate(submission.name, submission.args, submission.kwargs)
     _refuse_long_delays(submission, settings)
-    queue = submission.queue or app.amqp.router.route({}, task.name)["queue"].name
-    task_id = str(uuid.uuid4())
-    options: dict[str, Any] = {
-        "countdown": submission.countdown,
-        "eta": submission.eta,
-        "priority": submission.priority,
-        # Carried into the worker's logs, linking a task to the request that made it.
-        "headers": {"request_id": request_id} if request_id else None,
-    }
     try:
-        task.apply_async(
-            kwargs=kwargs,
-            task_id=task_id,
-            queue=queue,
-            **{name: value for name, value in options.items() if value is not None},
-        )
-    except BROKER_ERRORS as exc:
-        raise BrokerUnavailable(
-            f"broker unreachable after {settings.publish_retry_max_retries} publish retries:"
-            f" {type(exc).__name__}: {exc}"
-        ) from exc
-    return Dispatched(id=task_id, name=task.name, queue=queue)
+        with session_scope() as session:
+            record = enqueue(
+                session,
+                app,
+                task.name,
+                kwargs,
+                queue=submission.queue,
+                countdown=submission.countdown,
+                eta=submission.eta,
+                priority=submission.priority,
+                request_id=request_id,
+            )
+    except SQLAlchemyError as exc:
+        raise LedgerUnavailable(f"ledger database unreachable: {type(exc).__name__}") from exc
+    return record
 
 
 def _refuse_long_delays(submission: TaskSubmission, settings: Settings) -> None:

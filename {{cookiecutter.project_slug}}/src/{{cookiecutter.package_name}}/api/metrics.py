@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -13,6 +14,13 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
+
+from {{ cookiecutter.package_name }}.ledger.db import session_scope
+from {{ cookiecutter.package_name }}.ledger.models import TaskRecord
 
 HTTP_REQUESTS = Counter(
     "http_requests_total",
@@ -29,10 +37,43 @@ TASKS_SUBMITTED = Counter(
 )
 
 
+class LedgerCollector(Collector):
+    """Read at scrape time from the ledger, so the numbers survive restarts (R34)."""
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            with session_scope() as session:
+                by_state = session.execute(
+                    select(TaskRecord.state, func.count()).group_by(TaskRecord.state)
+                ).all()
+                redispatches = session.scalar(
+                    select(func.coalesce(func.sum(TaskRecord.dispatches - 1), 0)).where(
+                        TaskRecord.dispatches > 1
+                    )
+                )
+        except SQLAlchemyError:
+            return
+        tasks = GaugeMetricFamily("ledger_tasks", "Ledger rows by state", labels=["state"])
+        for state, count in by_state:
+            tasks.add_metric([state], count)
+        yield tasks
+        yield CounterMetricFamily(
+            "ledger_redispatches",
+            "Publishes beyond the first one: re-dispatches by the reconcile job",
+            value=int(redispatches or 0),
+        )
+
+
+_LEDGER_COLLECTOR = LedgerCollector()
+if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+    REGISTRY.register(_LEDGER_COLLECTOR)
+
+
 def render() -> tuple[bytes, str]:
     """The exposition text: merged over all workers under gunicorn, this process otherwise."""
     if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        registry.register(_LEDGER_COLLECTOR)
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

@@ -36,7 +36,7 @@ class TaskAccepted(BaseModel):
     id: str
     name: str
     queue: str
-    state: str
+    state: str = Field(description="PUBLISHED, or QUEUED if the broker was unreachable")
     status_url: str
 
 
@@ -47,13 +47,31 @@ class TaskError(BaseModel):
 
 class TaskStatus(BaseModel):
     id: str
-    state: str
+    name: str | None = None
+    state: str = Field(description="Ledger state (QUEUED ... SUCCEEDED, DEAD), or Celery's")
+    celery_state: str = Field(description="PENDING, STARTED, PROGRESS, RETRY, SUCCESS...")
+    attempts: int | None = None
+    last_error: str | None = None
     result: JsonValue = None
     progress: dict[str, JsonValue] | None = None
     error: TaskError | None = None
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
     date_done: datetime | None = None
+    replay_of: str | None = None
 
 
 class TaskCancelled(BaseModel):
     id: str
     action: Literal["revoked", "abort_requested"]
+
+
+class DeadLetter(BaseModel):
+    id: str
+    name: str
+    queue: str
+    state: str
+    attempts: int
+    last_error: str | None
+    finished_at: datetime | None

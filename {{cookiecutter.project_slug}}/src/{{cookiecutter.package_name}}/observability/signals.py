@@ -8,6 +8,9 @@ from typing import Any
 
 from celery import signals
 
+from {{ cookiecutter.package_name }}.ledger.db import reset_after_fork
+from {{ cookiecutter.package_name }}.ledger.models import TaskState
+from {{ cookiecutter.package_name }}.ledger.tracking import record_outcome
 from {{ cookiecutter.package_name }}.observability.logging import configure_logging
 from {{ cookiecutter.package_name }}.observability.redact import redact
 {%- if cookiecutter.use_sentry == "yes" %}
@@ -49,18 +52,23 @@ def _on_postrun(
 
 
 def _on_revoked(request: Any, terminated: bool, signum: Any, expired: bool, **_: Any) -> None:
-    """R41: a revoked task leaves a trace (the ledger records it too)."""
+    """R41: a revoked task leaves a trace, and its ledger row ends REVOKED."""
+    task_id = getattr(request, "id", None)
+    if task_id:
+        record_outcome(task_id, TaskState.REVOKED, "expired" if expired else "revoked")
     logger.warning(
         "task revoked",
         extra={
             "event": "task_revoked",
-            "task_id": getattr(request, "id", None),
+            "task_id": task_id,
             "task_name": getattr(request, "task_name", None) or getattr(request, "name", None),
             "terminated": terminated,
             "signum": None if signum is None else str(signum),
             "expired": expired,
         },
     )
+def _reset_ledger_connections(**_: Any) -> None:
+    reset_after_fork()
 {%- if cookiecutter.use_sentry == "yes" %}
 
 
@@ -81,6 +89,8 @@ def connect() -> None:
     signals.task_prerun.connect(_on_prerun, weak=False)
     signals.task_postrun.connect(_on_postrun, weak=False)
     signals.task_revoked.connect(_on_revoked, weak=False)
+    # Prefork children must not share the parent's database connections.
+    signals.worker_process_init.connect(_reset_ledger_connections, weak=False)
 {%- if cookiecutter.use_sentry == "yes" %}
     signals.celeryd_init.connect(_init_sentry_worker, weak=False)
     signals.beat_init.connect(_init_sentry_beat, weak=False)

@@ -8,10 +8,14 @@ from typing import Any
 from billiard.einfo import ExceptionInfo
 from celery import Task
 from celery.exceptions import Ignore
+from sqlalchemy.orm import Session
 
+from {{ cookiecutter.package_name }}.ledger.deadletters import send_to_dead_queue
+from {{ cookiecutter.package_name }}.ledger.models import TaskState
+from {{ cookiecutter.package_name }}.ledger.tracking import Claim, claim, mark, record_outcome
 from {{ cookiecutter.package_name }}.settings import get_settings
 from {{ cookiecutter.package_name }}.tasks.cancel import abort_requested
-from {{ cookiecutter.package_name }}.tasks.errors import RetryableError
+from {{ cookiecutter.package_name }}.tasks.errors import AttemptLimitExceeded, RetryableError
 
 logger = logging.getLogger(__name__)
 _settings = get_settings()
@@ -35,9 +39,31 @@ class ReliableTask(Task):  # type: ignore[type-arg]
     default_retry_delay = _settings.task_default_retry_delay
     # Check arguments against the signature when publishing, not in the worker.
     typing = True
+    # R21: deliveries of tasks the ledger already finished are dropped before they run.
+    Request = "{{ cookiecutter.package_name }}.tasks.request:LedgerRequest"
+
+    # --- R33: the ledger row follows every start and every outcome -----------------------
+    def before_start(self, task_id: str, args: Any, kwargs: Any) -> None:
+        outcome, attempts = claim(task_id, self.request.hostname)
+        if outcome is Claim.FINAL:
+            raise Ignore()  # finished meanwhile (a duplicate that got this far)
+        if attempts > _settings.ledger_max_attempts:
+            # A poison task (e.g. one that kills its process) stops here instead of looping.
+            raise AttemptLimitExceeded(
+                f"attempt {attempts} exceeds LEDGER_MAX_ATTEMPTS={_settings.ledger_max_attempts}"
+            )
+
+    def finish_in(self, session: Session) -> None:
+        """Mark this task SUCCEEDED inside the caller's transaction.
+
+        Commit the side effect and the ledger state together: a crash after that
+        commit cannot make a redelivery repeat the effect (R21).
+        """
+        mark(session, str(self.request.id), TaskState.SUCCEEDED)
 
     # --- R15: lifecycle hooks, each logged with the task's context --------------------------
     def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
+        record_outcome(task_id, TaskState.SUCCEEDED)
         logger.info(
             "task succeeded",
             extra={"event": "task_succeeded", "retries": self.request.retries},
@@ -46,6 +72,7 @@ class ReliableTask(Task):  # type: ignore[type-arg]
     def on_retry(
         self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: ExceptionInfo
     ) -> None:
+        record_outcome(task_id, TaskState.RETRY, f"{type(exc).__name__}: {exc}")
         logger.warning(
             "task will retry",
             extra={
@@ -58,15 +85,28 @@ class ReliableTask(Task):  # type: ignore[type-arg]
     def on_failure(
         self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: ExceptionInfo
     ) -> None:
+        error = f"{type(exc).__name__}: {exc}"
+        dead = self._exhausted(exc)
+        record_outcome(task_id, TaskState.DEAD if dead else TaskState.FAILED, error)
+        if dead:
+            # R14: retries or attempts ran out: park a copy on the dead queue.
+            send_to_dead_queue(self.app, task_id, self.name, dict(kwargs or {}), error)
         logger.error(
             "task failed",
             extra={
-                "event": "task_failed",
+                "event": "task_dead" if dead else "task_failed",
                 "retries": self.request.retries,
                 "error": f"{type(exc).__name__}: {exc}",
                 "traceback": str(einfo),
             },
         )
+
+    def _exhausted(self, exc: Exception) -> bool:
+        """DEAD: a transient error that outlived its retries, or too many attempts."""
+        if isinstance(exc, AttemptLimitExceeded):
+            return True
+        retryable = isinstance(exc, tuple(self.autoretry_for))
+        return retryable and self.request.retries >= (self.max_retries or 0)
 
     # --- R23: progress ------------------------------------------------------------------
     def report_progress(self, done: int, total: int, **extra: Any) -> None:
@@ -86,4 +126,5 @@ class ReliableTask(Task):  # type: ignore[type-arg]
             return
         logger.warning("task aborted on request", extra={"event": "task_aborted"})
         self.backend.mark_as_revoked(str(self.request.id), reason="aborted", request=self.request)
+        record_outcome(str(self.request.id), TaskState.REVOKED, "aborted on request")
         raise Ignore()

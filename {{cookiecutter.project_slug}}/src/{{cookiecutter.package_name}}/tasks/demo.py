@@ -13,6 +13,8 @@ from typing import Annotated
 from pydantic import Field
 
 from {{ cookiecutter.package_name }}.celery_app import app
+from {{ cookiecutter.package_name }}.ledger.db import session_scope
+from {{ cookiecutter.package_name }}.ledger.models import DemoEffect
 from {{ cookiecutter.package_name }}.tasks.base import ReliableTask
 from {{ cookiecutter.package_name }}.tasks.errors import RetryableError
 
@@ -63,6 +65,20 @@ def retry_later(self: ReliableTask, failures: Attempts, countdown: Seconds) -> i
 def fail(self: ReliableTask, reason: Text = "always fails") -> None:
     """Fail on every attempt: retries run out and the task ends failed (R14)."""
     raise RetryableError(reason)
+
+
+@app.task(name="demo.record_effect", base=ReliableTask, bind=True)
+def record_effect(self: ReliableTask, key: Text, seconds: Seconds = 0.0) -> str:
+    """Wait, then write one side-effect row together with the ledger's SUCCEEDED (R21).
+
+    The row and the state commit in one transaction, so a redelivery after a crash
+    either finds no row (and writes it) or finds the task finished (and is skipped).
+    """
+    time.sleep(seconds)
+    with session_scope() as session:
+        session.add(DemoEffect(task_id=str(self.request.id), key=key))
+        self.finish_in(session)
+    return key
 
 
 @app.task(name="demo.urgent_ping", base=ReliableTask, bind=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from celery import Signature, chord
+from celery import chord
 from pydantic import Field
 
 from {{ cookiecutter.package_name }}.celery_app import app
@@ -26,7 +26,7 @@ def combine(self: ReliableTask, parts: list[int]) -> dict[str, int]:
     return {"total": sum(parts), "chunks": len(parts)}
 
 
-def report_chord(size: int, chunk_size: int) -> Signature[Any]:
+def report_chord(size: int, chunk_size: int) -> chord:
     """The whole report as a chord: one sum_chunk per slice, then combine."""
     slices = [
         sum_chunk.si(start, min(start + chunk_size, size)) for start in range(0, size, chunk_size)

@@ -5,9 +5,12 @@ from __future__ import annotations
 from celery import Celery
 from celery.backends.redis import RedisBackend
 from fastapi import APIRouter, Request, Response, status
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
 
 from {{ cookiecutter.package_name }}.api.dispatch import BROKER_ERRORS
 from {{ cookiecutter.package_name }}.api.metrics import render
+from {{ cookiecutter.package_name }}.ledger.db import session_scope
 
 router = APIRouter(tags=["health"])
 
@@ -20,10 +23,14 @@ def healthz() -> dict[str, str]:
 
 @router.get("/readyz", responses={503: {"description": "A dependency is unreachable"}})
 def readyz(request: Request, response: Response) -> dict[str, str]:
-    """Readiness: the broker and the result backend answer a PING within the timeout."""
+    """Readiness: broker, result backend and ledger database answer within the timeout."""
     app: Celery = request.app.state.celery
     timeout = request.app.state.settings.api_readiness_timeout
-    checks = {"broker": _check_broker(app, timeout), "result_backend": _check_backend(app)}
+    checks = {
+        "broker": _check_broker(app, timeout),
+        "result_backend": _check_backend(app),
+        "database": _check_database(),
+    }
     if any(outcome != "ok" for outcome in checks.values()):
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
     return checks
@@ -42,6 +49,15 @@ def _check_broker(app: Celery, timeout: int) -> str:
             connection.ensure_connection(max_retries=1, timeout=timeout)
     except BROKER_ERRORS as exc:
         return f"unreachable: {type(exc).__name__}: {exc}"
+    return "ok"
+
+
+def _check_database() -> str:
+    try:
+        with session_scope() as session:
+            session.execute(text("SELECT 1"))
+    except SQLAlchemyError as exc:
+        return f"unreachable: {type(exc).__name__}"
     return "ok"
 
 

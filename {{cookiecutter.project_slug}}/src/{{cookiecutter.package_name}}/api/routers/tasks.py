@@ -1,4 +1,4 @@
-"""/api/v1/tasks: submit (R05, R07, R17), status (R22, R23) and cancel (R24)."""
+"""/api/v1/tasks: submit (R05, R07, R33), status (R22, R23) and cancel (R24)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,15 @@ from typing import Annotated, Any
 from celery import Celery, states
 from celery.result import AsyncResult
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
+from sqlalchemy.exc import SQLAlchemyError
 
 from {{ cookiecutter.package_name }}.api.catalog import SubmissionRejected, TaskCatalog
-from {{ cookiecutter.package_name }}.api.dispatch import BROKER_ERRORS, BrokerUnavailable, dispatch
+from {{ cookiecutter.package_name }}.api.dispatch import (
+    BROKER_ERRORS,
+    BrokerUnavailable,
+    LedgerUnavailable,
+    dispatch,
+)
 from {{ cookiecutter.package_name }}.api.metrics import TASKS_SUBMITTED
 from {{ cookiecutter.package_name }}.api.schemas import (
     TaskAccepted,
@@ -19,6 +25,9 @@ from {{ cookiecutter.package_name }}.api.schemas import (
     TaskStatus,
     TaskSubmission,
 )
+from {{ cookiecutter.package_name }}.ledger.db import session_scope
+from {{ cookiecutter.package_name }}.ledger.models import FINAL_STATES, TaskRecord, TaskState
+from {{ cookiecutter.package_name }}.ledger.tracking import mark
 from {{ cookiecutter.package_name }}.observability.logging import request_id_var
 from {{ cookiecutter.package_name }}.settings import Settings
 from {{ cookiecutter.package_name }}.tasks.base import PROGRESS
@@ -45,6 +54,9 @@ def settings(request: Request) -> Settings:
 
 
 CeleryDep = Annotated[Celery, Depends(celery_app)]
+UNAVAILABLE: dict[int | str, dict[str, Any]] = {
+    503: {"description": "Ledger database or Redis unreachable"}
+}
 
 
 @router.post(
@@ -53,7 +65,7 @@ CeleryDep = Annotated[Celery, Depends(celery_app)]
     responses={
         413: {"description": "Body too large"},
         422: {"description": "Unknown task, bad arguments or delay too long"},
-        503: {"description": "Broker unreachable; nothing was queued"},
+        503: {"description": "Ledger database unreachable; nothing was queued"},
     },
 )
 def submit_task(
@@ -64,59 +76,111 @@ def submit_task(
     tasks: Annotated[TaskCatalog, Depends(catalog)],
     config: Annotated[Settings, Depends(settings)],
 ) -> TaskAccepted:
+    """202 once the ledger row is durable: PUBLISHED, or QUEUED if the broker was down."""
     try:
-        sent = dispatch(app, tasks, config, submission, request_id_var.get())
+        record = dispatch(app, tasks, config, submission, request_id_var.get())
     except SubmissionRejected as exc:
         TASKS_SUBMITTED.labels(submission.name[:64], "rejected").inc()
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=str(exc)) from exc
-    except BrokerUnavailable:
-        TASKS_SUBMITTED.labels(submission.name, "broker_unavailable").inc()
+    except LedgerUnavailable:
+        TASKS_SUBMITTED.labels(submission.name, "ledger_unavailable").inc()
         raise
-    TASKS_SUBMITTED.labels(sent.name, "accepted").inc()
-    status_url = str(request.url_for("get_task", task_id=sent.id))
+    TASKS_SUBMITTED.labels(record.name, record.state.lower()).inc()
+    status_url = str(request.url_for("get_task", task_id=record.id))
     response.headers["Location"] = status_url
     return TaskAccepted(
-        id=sent.id, name=sent.name, queue=sent.queue, state=states.PENDING, status_url=status_url
+        id=record.id,
+        name=record.name,
+        queue=record.queue,
+        state=record.state,
+        status_url=status_url,
     )
 
 
-@router.get("/{task_id}", name="get_task", responses={503: {"description": "Backend unreachable"}})
+@router.get(
+    "/{task_id}",
+    name="get_task",
+    responses={404: {"description": "Unknown task id"}, **UNAVAILABLE},
+)
 def get_task(task_id: uuid.UUID, app: CeleryDep) -> TaskStatus:
-    result: AsyncResult[Any] = AsyncResult(str(task_id), app=app)
+    """The ledger's record (state, attempts, timestamps) plus Celery's state and result."""
+    key = str(task_id)
+    record = _ledger_row(key)
+    result: AsyncResult[Any] = AsyncResult(key, app=app)
+    celery_state: str
     try:
-        state, info, date_done = result.state, result.info, result.date_done
+        celery_state, info, date_done = result.state, result.info, result.date_done
     except BROKER_ERRORS as exc:
-        raise BrokerUnavailable(f"result backend unreachable: {exc}") from exc
+        if record is None:
+            raise BrokerUnavailable(f"result backend unreachable: {exc}") from exc
+        celery_state, info, date_done = "UNKNOWN", None, None
+    if record is None and celery_state == states.PENDING:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no task with id {key}")
     return TaskStatus(
-        id=str(task_id),
-        state=state,
-        result=_json_or_repr(info) if state == states.SUCCESS else None,
-        progress=info if state in RUNNING_STATES and isinstance(info, dict) else None,
+        id=key,
+        name=record.name if record else None,
+        state=record.state if record else celery_state,
+        celery_state=celery_state,
+        attempts=record.attempts if record else None,
+        last_error=record.last_error if record else None,
+        result=_json_or_repr(info) if celery_state == states.SUCCESS else None,
+        progress=info if celery_state in RUNNING_STATES and isinstance(info, dict) else None,
         error=_error(info) if isinstance(info, BaseException) else None,
+        created_at=record.created_at if record else None,
+        started_at=record.started_at if record else None,
+        finished_at=record.finished_at if record else None,
         date_done=date_done,
+        replay_of=record.replay_of if record else None,
     )
 
 
 @router.delete(
     "/{task_id}",
     status_code=status.HTTP_202_ACCEPTED,
-    responses={409: {"description": "Task already finished"}, 503: {"description": "Broker down"}},
+    responses={
+        404: {"description": "Unknown task id"},
+        409: {"description": "Task already finished"},
+        **UNAVAILABLE,
+    },
 )
 def cancel_task(task_id: uuid.UUID, app: CeleryDep) -> TaskCancelled:
     """Revoke a task that has not started; ask a running one to abort at its next checkpoint."""
     key = str(task_id)
+    record = _ledger_row(key)
     try:
-        state = AsyncResult(key, app=app).state
-        if state in states.READY_STATES:
+        celery_state = AsyncResult(key, app=app).state
+        if record is None and celery_state == states.PENDING:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no task with id {key}")
+        finished = record.state in FINAL_STATES if record else celery_state in states.READY_STATES
+        if finished:
+            state = record.state if record else celery_state
             raise HTTPException(status.HTTP_409_CONFLICT, detail=f"task already ended: {state}")
-        if state in RUNNING_STATES:
+        running = celery_state in RUNNING_STATES
+        if running:
             request_abort(app, key)
         # Revoked ids are skipped when (re)delivered, so a running task is never re-run.
         app.control.revoke(key)
     except BROKER_ERRORS as exc:
         raise BrokerUnavailable(f"broker unreachable: {exc}") from exc
-    action = "abort_requested" if state in RUNNING_STATES else "revoked"
-    return TaskCancelled(id=key, action=action)
+    if not running:
+        _mark_revoked(key)
+    return TaskCancelled(id=key, action="abort_requested" if running else "revoked")
+
+
+def _ledger_row(task_id: str) -> TaskRecord | None:
+    try:
+        with session_scope() as session:
+            return session.get(TaskRecord, task_id)
+    except SQLAlchemyError as exc:
+        raise LedgerUnavailable(f"ledger database unreachable: {type(exc).__name__}") from exc
+
+
+def _mark_revoked(task_id: str) -> None:
+    try:
+        with session_scope() as session:
+            mark(session, task_id, TaskState.REVOKED, "revoked through the API")
+    except SQLAlchemyError as exc:
+        raise LedgerUnavailable(f"ledger database unreachable: {type(exc).__name__}") from exc
 
 
 def _error(exc: BaseException) -> TaskError:

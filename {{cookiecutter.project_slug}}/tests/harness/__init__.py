@@ -1,0 +1,15 @@
+"""Real-process test harness: the service's own processes against private Redis and databases.
+
+One job per module:
+
+- `ports`: free loopback ports;
+- `processes`: `SupervisedProcess`, a command with a restart policy, a log file and a clean
+  stop (and `leaked_processes()` to prove a teardown left nothing running);
+- `binaries`: where server binaries are, and skip (locally) or fail (CI=true) without them;
+- `redis`: `RedisSentinelCluster` and `StandaloneRedis`;
+- `databases`: `PostgresServer`, `MariaDBServer`, `SqliteDatabase`, `database_for(kind)`;
+- `stack`: `Stack`, the API, workers, beat and Flower through deploy/entrypoints/*.sh;
+- `api`: `ApiClient`, submit / status / cancel / wait_for_state over HTTP.
+
+tests/integration/conftest.py turns them into pytest fixtures.
+"""

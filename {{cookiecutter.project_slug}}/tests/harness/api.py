@@ -1,0 +1,150 @@
+"""A small client of the service's HTTP API, for tests that drive a running stack."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Collection, Mapping
+from typing import Any
+
+import httpx
+
+TASKS = "/api/v1/tasks"
+# Answers worth waiting through while polling (a failover makes the backend briefly 503).
+TRANSIENT_STATUS = frozenset({502, 503, 504})
+
+
+def task_state(body: Mapping[str, Any]) -> str:
+    """The Celery state of a status body (`celery_state` when the ledger adds it)."""
+    return str(body.get("celery_state", body["state"]))
+
+
+class ApiClient:
+    def __init__(self, base_url: str, timeout: float = 30) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.http = httpx.Client(base_url=self.base_url, timeout=timeout)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> ApiClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def get(self, path: str) -> httpx.Response:
+        return self.http.get(path)
+
+    def submit(
+        self,
+        name: str,
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        args: list[Any] | None = None,
+        **options: Any,
+    ) -> httpx.Response:
+        """POST /api/v1/tasks; options: queue, countdown, eta, priority."""
+        body: dict[str, Any] = {"name": name, "kwargs": dict(kwargs or {})}
+        if args is not None:
+            body["args"] = args
+        body.update({key: value for key, value in options.items() if value is not None})
+        return self.http.post(TASKS, json=body)
+
+    def submit_ok(self, name: str, kwargs: Mapping[str, Any] | None = None, **options: Any) -> str:
+        """Submit and insist on 202; returns the task id."""
+        response = self.submit(name, kwargs, **options)
+        if response.status_code != 202:
+            raise AssertionError(f"submit {name}: {response.status_code} {response.text}")
+        return str(response.json()["id"])
+
+    def status(self, task_id: str) -> httpx.Response:
+        return self.http.get(f"{TASKS}/{task_id}")
+
+    def cancel(self, task_id: str) -> httpx.Response:
+        return self.http.delete(f"{TASKS}/{task_id}")
+
+    def wait_for_state(
+        self,
+        task_id: str,
+        states: str | Collection[str],
+        timeout: float = 30,
+        interval: float = 0.2,
+    ) -> dict[str, Any]:
+        """Poll the status until its state is one of `states`; returns the body.
+
+        Transient answers (connection errors, 502-504) are waited through; an end state
+        that is not wanted (FAILURE while waiting for SUCCESS) fails at once.
+        """
+        wanted = {states} if isinstance(states, str) else set(states)
+        final = {"SUCCESS", "FAILURE", "REVOKED"}
+        deadline = time.monotonic() + timeout
+        last: object = "no answer"
+        while True:
+            try:
+                response = self.status(task_id)
+            except httpx.TransportError as exc:
+                last = f"{type(exc).__name__}: {exc}"
+            else:
+                if response.status_code == 200:
+                    body: dict[str, Any] = response.json()
+                    state = task_state(body)
+                    if state in wanted:
+                        return body
+                    if state in final:
+                        raise AssertionError(
+                            f"task {task_id} ended {state}, wanted {wanted}: {body}"
+                        )
+                    last = body
+                elif response.status_code in TRANSIENT_STATUS:
+                    last = f"{response.status_code} {response.text}"
+                else:
+                    raise AssertionError(
+                        f"status of {task_id}: {response.status_code} {response.text}"
+                    )
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"task {task_id} not in {wanted} after {timeout:.0f} s: {last}")
+            time.sleep(interval)
+
+    def metrics(self) -> str:
+        response = self.http.get("/metrics")
+        response.raise_for_status()
+        return response.text
+
+
+def metric_value(text: str, name: str, labels: Mapping[str, str] | None = None) -> float:
+    """The sum of the samples of `name` whose labels include `labels` (0 if none)."""
+    wanted = dict(labels or {})
+    total = 0.0
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        sample, _, value = line.rpartition(" ")
+        metric, _, label_text = sample.partition("{")
+        if metric != name:
+            continue
+        found = _parse_labels(label_text.rstrip("}"))
+        if all(found.get(key) == expected for key, expected in wanted.items()):
+            total += float(value)
+    return total
+
+
+def _parse_labels(text: str) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    rest = text
+    while rest:
+        key, _, rest = rest.partition('="')
+        value_chars: list[str] = []
+        index = 0
+        while index < len(rest):
+            char = rest[index]
+            if char == "\\" and index + 1 < len(rest):
+                value_chars.append({"n": "\n"}.get(rest[index + 1], rest[index + 1]))
+                index += 2
+                continue
+            if char == '"':
+                break
+            value_chars.append(char)
+            index += 1
+        labels[key.strip(", ")] = "".join(value_chars)
+        rest = rest[index + 1 :].lstrip(",")
+    return labels

@@ -1,0 +1,530 @@
+"""Private Redis deployments on loopback: a Sentinel cluster, or one standalone server.
+
+Every node is a real `redis-server` in a temporary directory, on free ports, with passwords
+on Redis and on the sentinels, AOF and RDB persistence on, and timings short enough for
+tests. `env()` gives the project's own variables (settings.py) pointing at it.
+
+    with RedisSentinelCluster(tmp_path) as cluster:
+        old = cluster.kill_master()
+        new = cluster.wait_for_failover(old, timeout=30)
+"""
+
+from __future__ import annotations
+
+import secrets
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+import redis as redis_py
+
+from tests.harness.binaries import require_binary
+from tests.harness.ports import LOOPBACK, free_ports
+from tests.harness.processes import ProcessIdentity, SupervisedProcess
+from tests.harness.scratch import ScratchDir
+
+Address = tuple[str, int]
+MASTER_NAME = "mymaster"
+
+
+def format_address(address: Address) -> str:
+    return f"{address[0]}:{address[1]}"
+
+
+def _poll(timeout: float, what: str, check: Any, interval: float = 0.1) -> Any:
+    """Call check() until it returns something truthy; errors count as "not yet"."""
+    deadline = time.monotonic() + timeout
+    last_error: BaseException | None = None
+    while True:
+        try:
+            outcome = check()
+        except (redis_py.RedisError, OSError, ValueError) as exc:
+            outcome, last_error = None, exc
+        if outcome:
+            return outcome
+        if time.monotonic() > deadline:
+            detail = (
+                f" (last error: {type(last_error).__name__}: {last_error})" if last_error else ""
+            )
+            raise TimeoutError(f"{what} not reached within {timeout:.0f} s{detail}")
+        time.sleep(interval)
+
+
+class RedisDeployment(Protocol):
+    """What the stack needs from any Redis topology."""
+
+    def start(self, timeout: float = ...) -> RedisDeployment: ...
+
+    def stop(self) -> None: ...
+
+    def env(self) -> dict[str, str]: ...
+
+    def processes(self) -> list[SupervisedProcess]: ...
+
+    def identities(self) -> set[ProcessIdentity]: ...
+
+
+class RedisNode:
+    """One redis-server (master or replica) with its own directory and config file."""
+
+    def __init__(
+        self,
+        name: str,
+        port: int,
+        directory: Path,
+        password: str,
+        *,
+        replica_of: Address | None = None,
+        restart: bool = False,
+    ) -> None:
+        self.name = name
+        self.address: Address = (LOOPBACK, port)
+        self.directory = directory
+        self.password = password
+        directory.mkdir(parents=True, exist_ok=True)
+        self.config_path = directory / "redis.conf"
+        lines = [
+            f"bind {LOOPBACK}",
+            f"port {port}",
+            "daemonize no",
+            f'dir "{directory}"',
+            f'pidfile "{directory / "redis.pid"}"',
+            'logfile ""',
+            f"requirepass {password}",
+            f"masterauth {password}",
+            # R32: both persistence mechanisms, as in production.
+            "appendonly yes",
+            "appendfsync everysec",
+            "save 60 1",
+            'dbfilename "dump.rdb"',
+            "protected-mode yes",
+        ]
+        if replica_of is not None:
+            lines.append(f"replicaof {replica_of[0]} {replica_of[1]}")
+        # Writable: a sentinel rewrites it (CONFIG REWRITE) when it reconfigures the node.
+        self.config_path.write_text("\n".join(lines) + "\n")
+        self.process = SupervisedProcess(
+            name,
+            [require_binary("redis-server", "redis-server"), str(self.config_path)],
+            env={"PATH": "/usr/bin:/bin"},
+            cwd=directory,
+            log_dir=directory.parent / "logs",
+            restart=restart,
+        )
+
+    def __repr__(self) -> str:
+        return f"<RedisNode {self.name} {format_address(self.address)} pid={self.process.pid}>"
+
+    def client(self, **options: Any) -> redis_py.Redis:
+        options.setdefault("socket_timeout", 2)
+        options.setdefault("socket_connect_timeout", 1)
+        options.setdefault("decode_responses", True)
+        return redis_py.Redis(
+            host=self.address[0], port=self.address[1], password=self.password, **options
+        )
+
+    def ping(self) -> bool:
+        with self.client() as client:
+            return bool(client.ping())
+
+    def role(self) -> str:
+        with self.client() as client:
+            return str(client.info("replication")["role"])
+
+    def info(self, section: str = "replication") -> dict[str, Any]:
+        with self.client() as client:
+            found: dict[str, Any] = client.info(section)
+            return found
+
+    def wait_ready(self, timeout: float = 15) -> None:
+        _poll(timeout, f"{self.name} answering PING", self.ping)
+
+
+class SentinelNode:
+    """One `redis-server sentinel.conf --sentinel`, with its own writable config file."""
+
+    def __init__(
+        self,
+        name: str,
+        port: int,
+        directory: Path,
+        *,
+        password: str,
+        master_name: str,
+        master: Address,
+        master_password: str,
+        quorum: int,
+        down_after_ms: int,
+        failover_timeout_ms: int,
+        restart: bool = True,
+    ) -> None:
+        self.name = name
+        self.address: Address = (LOOPBACK, port)
+        self.password = password
+        self.master_name = master_name
+        directory.mkdir(parents=True, exist_ok=True)
+        self.config_path = directory / "sentinel.conf"
+        self.config_path.write_text(
+            "\n".join(
+                [
+                    f"bind {LOOPBACK}",
+                    f"port {port}",
+                    "daemonize no",
+                    f'dir "{directory}"',
+                    f'pidfile "{directory / "sentinel.pid"}"',
+                    'logfile ""',
+                    f"requirepass {password}",
+                    f"sentinel monitor {master_name} {master[0]} {master[1]} {quorum}",
+                    f"sentinel auth-pass {master_name} {master_password}",
+                    f"sentinel down-after-milliseconds {master_name} {down_after_ms}",
+                    f"sentinel failover-timeout {master_name} {failover_timeout_ms}",
+                    f"sentinel parallel-syncs {master_name} 1",
+                ]
+            )
+            + "\n"
+        )
+        self.process = SupervisedProcess(
+            name,
+            [
+                require_binary("redis-server", "redis-server"),
+                str(self.config_path),
+                "--sentinel",
+            ],
+            env={"PATH": "/usr/bin:/bin"},
+            cwd=directory,
+            log_dir=directory.parent / "logs",
+            restart=restart,
+        )
+
+    def __repr__(self) -> str:
+        return f"<SentinelNode {self.name} {format_address(self.address)} pid={self.process.pid}>"
+
+    def client(self) -> redis_py.Redis:
+        return redis_py.Redis(
+            host=self.address[0],
+            port=self.address[1],
+            password=self.password,
+            socket_timeout=2,
+            socket_connect_timeout=1,
+            decode_responses=True,
+        )
+
+    def master_address(self) -> Address:
+        """SENTINEL get-master-addr-by-name, as this sentinel sees it now."""
+        with self.client() as client:
+            reply = client.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.master_name)
+        if not reply:
+            raise ValueError(f"{self.name} does not know master {self.master_name!r}")
+        host, port = reply
+        return (str(host), int(port))
+
+    def master_state(self) -> dict[str, str]:
+        """SENTINEL MASTER <name> as a plain dict of strings (num-slaves, flags...)."""
+        with self.client() as client:
+            reply = client.execute_command("SENTINEL", "MASTER", self.master_name)
+        if isinstance(reply, dict):
+            return {str(key): str(value) for key, value in reply.items()}
+        items = [str(item) for item in reply]
+        return dict(zip(items[::2], items[1::2], strict=True))
+
+
+class RedisSentinelCluster:
+    """A master, `replicas` replicas and `sentinels` sentinels on free loopback ports.
+
+    Redis nodes are not restarted automatically by default (chaos tests kill them and
+    decide when they come back); sentinels are.
+    """
+
+    def __init__(
+        self,
+        workdir: str | Path | None = None,
+        *,
+        replicas: int = 1,
+        sentinels: int = 3,
+        master_name: str = MASTER_NAME,
+        password: str | None = None,
+        sentinel_password: str | None = None,
+        down_after_ms: int = 1500,
+        failover_timeout_ms: int = 10_000,
+        restart_redis: bool = False,
+        restart_sentinels: bool = True,
+    ) -> None:
+        if sentinels < 1 or replicas < 0:
+            raise ValueError("need at least one sentinel and no negative replica count")
+        self._workdir = ScratchDir(workdir, "redis-sentinel-")
+        self.workdir = self._workdir.path
+        self.master_name = master_name
+        self.password = password or secrets.token_urlsafe(16)
+        self.sentinel_password = sentinel_password or secrets.token_urlsafe(16)
+        ports = free_ports(1 + replicas + sentinels)
+        master_port, replica_ports, sentinel_ports = (
+            ports[0],
+            ports[1 : 1 + replicas],
+            ports[1 + replicas :],
+        )
+        master = RedisNode(
+            "redis-master",
+            master_port,
+            self.workdir / "redis-0",
+            self.password,
+            restart=restart_redis,
+        )
+        self.nodes = [master] + [
+            RedisNode(
+                f"redis-replica-{index}",
+                port,
+                self.workdir / f"redis-{index}",
+                self.password,
+                replica_of=master.address,
+                restart=restart_redis,
+            )
+            for index, port in enumerate(replica_ports, start=1)
+        ]
+        quorum = sentinels // 2 + 1
+        self.sentinels = [
+            SentinelNode(
+                f"sentinel-{index}",
+                port,
+                self.workdir / f"sentinel-{index}",
+                password=self.sentinel_password,
+                master_name=master_name,
+                master=master.address,
+                master_password=self.password,
+                quorum=quorum,
+                down_after_ms=down_after_ms,
+                failover_timeout_ms=failover_timeout_ms,
+                restart=restart_sentinels,
+            )
+            for index, port in enumerate(sentinel_ports)
+        ]
+
+    def __repr__(self) -> str:
+        return f"<RedisSentinelCluster {self.nodes} {self.sentinels}>"
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    def start(self, timeout: float = 30) -> RedisSentinelCluster:
+        try:
+            for node in self.nodes:
+                node.process.start()
+            for node in self.nodes:
+                node.wait_ready(timeout)
+            for sentinel in self.sentinels:
+                sentinel.process.start()
+            self.wait_healthy(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        errors = []
+        for process in reversed(self.processes()):
+            try:
+                process.stop()
+            except Exception as exc:
+                errors.append(exc)
+        self._workdir.cleanup()
+        if errors:
+            raise RuntimeError(f"stopping the Redis cluster failed: {errors}")
+
+    def __enter__(self) -> RedisSentinelCluster:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def processes(self) -> list[SupervisedProcess]:
+        return [node.process for node in self.nodes] + [s.process for s in self.sentinels]
+
+    def identities(self) -> set[ProcessIdentity]:
+        return {identity for p in self.processes() for identity in p.identities()}
+
+    # --- the project's view -----------------------------------------------------------
+
+    @property
+    def sentinel_addresses(self) -> list[Address]:
+        return [sentinel.address for sentinel in self.sentinels]
+
+    def env(self) -> dict[str, str]:
+        return {
+            "REDIS_MODE": "sentinel",
+            "REDIS_SENTINELS": ",".join(format_address(a) for a in self.sentinel_addresses),
+            "REDIS_MASTER_NAME": self.master_name,
+            "REDIS_PASSWORD": self.password,
+            "REDIS_SENTINEL_PASSWORD": self.sentinel_password,
+        }
+
+    # --- topology ---------------------------------------------------------------------
+
+    def node_at(self, address: Address) -> RedisNode:
+        for node in self.nodes:
+            if node.address == (address[0], int(address[1])):
+                return node
+        raise KeyError(f"no Redis node of this cluster at {format_address(address)}")
+
+    def _answering_sentinels(self) -> Iterator[SentinelNode]:
+        for sentinel in self.sentinels:
+            if sentinel.process.running:
+                yield sentinel
+
+    def master_address(self) -> Address:
+        """The master as the first answering sentinel reports it."""
+        errors: list[str] = []
+        for sentinel in self._answering_sentinels():
+            try:
+                return sentinel.master_address()
+            except (redis_py.RedisError, OSError, ValueError) as exc:
+                errors.append(f"{sentinel.name}: {exc}")
+        raise RuntimeError(f"no sentinel answered: {errors}")
+
+    def master(self) -> RedisNode:
+        return self.node_at(self.master_address())
+
+    def master_client(self) -> redis_py.Redis:
+        return self.master().client()
+
+    def replicas(self) -> list[RedisNode]:
+        master = self.master_address()
+        return [node for node in self.nodes if node.address != master]
+
+    def _agreed_master(self) -> Address | None:
+        """The master every running sentinel reports, if they agree and it is up as master."""
+        seen = {sentinel.master_address() for sentinel in self._answering_sentinels()}
+        if len(seen) != 1:
+            return None
+        (address,) = seen
+        node = self.node_at(address)
+        return address if node.process.running and node.role() == "master" else None
+
+    def wait_healthy(self, timeout: float = 30) -> Address:
+        """Sentinels agree on a live master, every live replica syncs from it and every
+        sentinel knows all replicas and all other sentinels (so a failover can happen)."""
+
+        def healthy() -> Address | None:
+            address = self._agreed_master()
+            if address is None:
+                return None
+            live_replicas = [
+                node for node in self.nodes if node.address != address and node.process.running
+            ]
+            for node in live_replicas:
+                info = node.info()
+                if info.get("role") != "slave" or info.get("master_link_status") != "up":
+                    return None
+                if (str(info.get("master_host")), int(info.get("master_port", 0))) != address:
+                    return None
+            live_sentinels = list(self._answering_sentinels())
+            for sentinel in live_sentinels:
+                state = sentinel.master_state()
+                if "s_down" in state.get("flags", "") or "o_down" in state.get("flags", ""):
+                    return None
+                if int(state.get("num-slaves", 0)) < len(live_replicas):
+                    return None
+                if int(state.get("num-other-sentinels", 0)) < len(live_sentinels) - 1:
+                    return None
+            return address
+
+        found: Address = _poll(timeout, "a healthy Sentinel cluster", healthy, interval=0.2)
+        return found
+
+    # --- chaos ------------------------------------------------------------------------
+
+    def kill_master(self, signum: int = signal.SIGKILL) -> Address:
+        """Kill the current master (SIGKILL by default); returns its address."""
+        address = self.master_address()
+        self.node_at(address).process.kill(signum)
+        return address
+
+    def wait_for_failover(self, old: Address, timeout: float = 30) -> Address:
+        """Wait until the sentinels agree on a new master that answers as master."""
+
+        def promoted() -> Address | None:
+            address = self._agreed_master()
+            return address if address is not None and address != old else None
+
+        found: Address = _poll(timeout, f"a failover away from {format_address(old)}", promoted)
+        return found
+
+    def restart_node(self, address: Address, timeout: float = 15) -> RedisNode:
+        """Start a killed node again (sentinels turn an old master into a replica)."""
+        node = self.node_at(address)
+        node.process.respawn()
+        node.wait_ready(timeout)
+        return node
+
+
+class StandaloneRedis:
+    """One password-protected redis-server for REDIS_MODE=standalone."""
+
+    def __init__(
+        self,
+        workdir: str | Path | None = None,
+        *,
+        password: str | None = None,
+        restart: bool = False,
+    ) -> None:
+        self._workdir = ScratchDir(workdir, "redis-standalone-")
+        self.workdir = self._workdir.path
+        self.password = password or secrets.token_urlsafe(16)
+        (port,) = free_ports(1)
+        self.node = RedisNode("redis", port, self.workdir / "redis", self.password, restart=restart)
+
+    @property
+    def address(self) -> Address:
+        return self.node.address
+
+    def start(self, timeout: float = 15) -> StandaloneRedis:
+        try:
+            self.node.process.start()
+            self.node.wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        try:
+            self.node.process.stop()
+        finally:
+            self._workdir.cleanup()
+
+    def __enter__(self) -> StandaloneRedis:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def processes(self) -> list[SupervisedProcess]:
+        return [self.node.process]
+
+    def identities(self) -> set[ProcessIdentity]:
+        return self.node.process.identities()
+
+    def client(self) -> redis_py.Redis:
+        return self.node.client()
+
+    def env(self) -> dict[str, str]:
+        return {
+            "REDIS_MODE": "standalone",
+            "REDIS_ADDRESS": format_address(self.address),
+            "REDIS_PASSWORD": self.password,
+        }
+
+    def kill(self, signum: int = signal.SIGKILL) -> None:
+        self.node.process.kill(signum)
+
+    def restart(self, timeout: float = 15) -> None:
+        self.node.process.respawn()
+        self.node.wait_ready(timeout)
+
+
+def redis_for(mode: str, workdir: str | Path | None = None, **options: Any) -> RedisDeployment:
+    """An unstarted deployment for REDIS_MODE `mode` ("sentinel" or "standalone")."""
+    if mode == "sentinel":
+        return RedisSentinelCluster(workdir, **options)
+    if mode == "standalone":
+        return StandaloneRedis(workdir, **options)
+    raise ValueError(f"unknown Redis mode {mode!r}: sentinel or standalone")

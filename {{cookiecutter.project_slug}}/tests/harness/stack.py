@@ -1,0 +1,291 @@
+"""The project's own processes, started exactly as deployments start them.
+
+Every process goes through its entrypoint script in deploy/entrypoints/ (worker.sh
+high|default|low, beat.sh, api.sh, flower.sh), configured only through the environment
+variables of settings.py, and supervised with a restart policy: workers, beat and the API
+come back when they crash, as they would under Compose or Kubernetes (kombu 5.7 can exit
+on a Sentinel failover; the restart absorbs it, and `restarts()` tells how often).
+
+    with Stack(redis=cluster, database=db, workdir=tmp_path) as stack:
+        client = stack.api_client()
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from tests.harness.api import ApiClient
+from tests.harness.databases import Database
+from tests.harness.ports import LOOPBACK, free_port, wait_for_port
+from tests.harness.processes import ProcessIdentity, SupervisedProcess, run_command
+from tests.harness.redis import RedisDeployment
+from tests.harness.scratch import ScratchDir
+
+PROJECT_DIR = Path(__file__).resolve().parents[2]
+ENTRYPOINTS = PROJECT_DIR / "deploy" / "entrypoints"
+WORKER_GROUPS = ("high", "default", "low")
+
+# Short timings through the same settings users have; settings.py checks their consistency
+# (TASK_RETRY_BACKOFF_MAX < VISIBILITY_TIMEOUT - TASK_TIME_LIMIT).
+TEST_SETTINGS = {
+    "ENVIRONMENT": "test",
+    "LOG_JSON": "true",
+    "LOG_LEVEL": "INFO",
+    "VISIBILITY_TIMEOUT": "20",
+    "TASK_SOFT_TIME_LIMIT": "8",
+    "TASK_TIME_LIMIT": "10",
+    "TASK_RETRY_BACKOFF_MAX": "5",
+    "TASK_DEFAULT_RETRY_DELAY": "1",
+    "UNACKED_RESTORE_INTERVAL": "2",
+    "WORKER_SOFT_SHUTDOWN_TIMEOUT": "2",
+    "API_WORKERS": "1",
+    "API_TIMEOUT": "60",
+}
+
+# A ready worker logs "<name>@<host> ready." once it consumes.
+WORKER_READY = r"@\S+ ready\."
+
+
+def package_name() -> str:
+    """The importable package under src/ (the one with the Celery app)."""
+    found = sorted(p.parent.name for p in (PROJECT_DIR / "src").glob("*/celery_app.py"))
+    if len(found) != 1:
+        raise RuntimeError(f"expected one package with celery_app.py under src/, found {found}")
+    return found[0]
+
+
+def venv_bin() -> Path:
+    """The bin/ directory of the interpreter running the tests (the project's venv)."""
+    return Path(sys.executable).parent
+
+
+@dataclass
+class StackOptions:
+    """What to run and how: `env` overrides any variable (e.g. WORKER_LOW_POOL=prefork)."""
+
+    env: dict[str, str] = field(default_factory=dict)
+    groups: tuple[str, ...] = WORKER_GROUPS
+    beat: bool = True
+    # None: start Flower when the project ships flower.sh.
+    flower: bool | None = None
+    restart: bool = True
+    ready_timeout: float = 60.0
+    stop_timeout: float = 20.0
+
+
+class Stack:
+    """API, workers, beat (and Flower) against the given Redis and database."""
+
+    def __init__(
+        self,
+        *,
+        redis: RedisDeployment,
+        database: Database,
+        workdir: str | Path | None = None,
+        options: StackOptions | None = None,
+    ) -> None:
+        self.redis = redis
+        self.database = database
+        self.options = options or StackOptions()
+        self._scratch = ScratchDir(workdir, "stack-")
+        self.workdir = self._scratch.path
+        self.run_dir = self.workdir / "run"
+        self.log_dir = self.workdir / "logs"
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.api_port = free_port()
+        self.flower_port: int | None = None
+        self.flower_auth = ("admin", secrets.token_urlsafe(12))
+        self.package = package_name()
+        self.env = self._environment()
+        self.processes: dict[str, SupervisedProcess] = {}
+
+    # --- configuration ----------------------------------------------------------------
+
+    def _environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["PATH"] = f"{venv_bin()}{os.pathsep}{env.get('PATH', '/usr/bin:/bin')}"
+        env["VIRTUAL_ENV"] = str(venv_bin().parent)
+        env.pop("PYTHONHOME", None)
+        env["PYTHONUNBUFFERED"] = "1"
+        env.update(TEST_SETTINGS)
+        env.update(self.redis.env())
+        env.update(self.database.env())
+        env["API_BIND"] = f"{LOOPBACK}:{self.api_port}"
+        env["BEAT_SCHEDULE_FILE"] = str(self.run_dir / "celerybeat-schedule")
+        # gunicorn merges the metrics of its workers through files in this directory.
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(self.run_dir / "prometheus")
+        env["SENTRY_DSN"] = ""
+        if self.flower_enabled:
+            self.flower_port = free_port()
+            env["FLOWER_PORT"] = str(self.flower_port)
+            env["FLOWER_ADDRESS"] = LOOPBACK
+            env["FLOWER_BASIC_AUTH"] = ":".join(self.flower_auth)
+        env.update(self.options.env)
+        return env
+
+    @property
+    def flower_enabled(self) -> bool:
+        present = (ENTRYPOINTS / "flower.sh").exists()
+        wanted = self.options.flower
+        return present if wanted is None else (wanted and present)
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.api_port}"
+
+    @property
+    def flower_url(self) -> str | None:
+        return None if self.flower_port is None else f"http://{LOOPBACK}:{self.flower_port}"
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    def _entrypoint(self, name: str, *args: str, restart: bool) -> SupervisedProcess:
+        script = ENTRYPOINTS / f"{name}.sh"
+        process_name = "-".join([name, *args])
+        return SupervisedProcess(
+            process_name,
+            ["bash", str(script), *args],
+            env=self.env,
+            cwd=self.run_dir,
+            log_dir=self.log_dir,
+            restart=restart,
+            stop_timeout=self.options.stop_timeout,
+        )
+
+    def migrate(self) -> None:
+        """deploy/entrypoints/migrate.sh once, if the project has it (not supervised)."""
+        script = ENTRYPOINTS / "migrate.sh"
+        if script.exists():
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            run_command(
+                ["bash", str(script)],
+                env=self.env,
+                cwd=self.run_dir,
+                timeout=120,
+                log_file=self.log_dir / "migrate.log",
+            )
+
+    def start(self) -> Stack:
+        restart = self.options.restart
+        try:
+            self.migrate()
+            for group in self.options.groups:
+                self.processes[f"worker-{group}"] = self._entrypoint(
+                    "worker", group, restart=restart
+                )
+            if self.options.beat:
+                self.processes["beat"] = self._entrypoint("beat", restart=restart)
+            self.processes["api"] = self._entrypoint("api", restart=restart)
+            if self.flower_enabled:
+                self.processes["flower"] = self._entrypoint("flower", restart=restart)
+            for process in self.processes.values():
+                process.start()
+            self.wait_ready(self.options.ready_timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Stop every process in parallel (producers first), leaving nothing running."""
+        errors: list[BaseException] = []
+
+        def stop_all(processes: Iterable[SupervisedProcess]) -> None:
+            def stop_one(process: SupervisedProcess) -> None:
+                try:
+                    process.stop()
+                except BaseException as exc:
+                    errors.append(exc)
+
+            threads = [threading.Thread(target=stop_one, args=(p,)) for p in processes]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+
+        producers = [p for name, p in self.processes.items() if not name.startswith("worker-")]
+        stop_all(producers)
+        stop_all(p for name, p in self.processes.items() if name.startswith("worker-"))
+        self._scratch.cleanup()
+        if errors:
+            raise RuntimeError(f"stopping the stack failed: {errors}")
+
+    def __enter__(self) -> Stack:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    # --- readiness --------------------------------------------------------------------
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        for name in self.worker_names:
+            self.wait_worker_ready(name, max(deadline - time.monotonic(), 1))
+        self.wait_api_ready(max(deadline - time.monotonic(), 1))
+        if self.flower_port is not None:
+            wait_for_port(self.flower_port, max(deadline - time.monotonic(), 1))
+
+    def wait_worker_ready(self, name: str, timeout: float = 60) -> None:
+        """Wait for the current incarnation of worker `name` to log that it consumes."""
+        self.processes[name].wait_for_log(WORKER_READY, timeout)
+
+    def wait_api_ready(self, timeout: float = 60) -> None:
+        """GET /readyz answers 200 (broker and result backend reachable)."""
+        api = self.processes["api"]
+        deadline = time.monotonic() + timeout
+        last = "no answer"
+        while True:
+            try:
+                response = httpx.get(f"{self.api_url}/readyz", timeout=5)
+                if response.status_code == 200:
+                    return
+                last = f"{response.status_code} {response.text}"
+            except httpx.HTTPError as exc:
+                last = f"{type(exc).__name__}: {exc}"
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"API not ready after {timeout:.0f} s: {last}\n{api.log_tail()}")
+            time.sleep(0.2)
+
+    # --- views ------------------------------------------------------------------------
+
+    @property
+    def worker_names(self) -> list[str]:
+        return [name for name in self.processes if name.startswith("worker-")]
+
+    def worker(self, group: str) -> SupervisedProcess:
+        return self.processes[f"worker-{group}"]
+
+    def restarts(self) -> dict[str, int]:
+        return {name: process.restarts for name, process in self.processes.items()}
+
+    def identities(self) -> set[ProcessIdentity]:
+        return {i for process in self.processes.values() for i in process.identities()}
+
+    def api_client(self, timeout: float = 30) -> ApiClient:
+        return ApiClient(self.api_url, timeout=timeout)
+
+    def celery(self, *args: str, timeout: float = 60) -> str:
+        """Run `celery --app <package>.celery_app ARGS` with the stack's environment."""
+        return run_command(
+            [str(venv_bin() / "celery"), "--app", f"{self.package}.celery_app", *args],
+            env=self.env,
+            cwd=self.run_dir,
+            timeout=timeout,
+        )
+
+    def ping_workers(self, timeout: float = 5) -> str:
+        """`celery inspect ping` (R45): the answer names every worker that replied."""
+        return self.celery("inspect", "ping", f"--timeout={timeout}", timeout=timeout + 60)
+
+    def logs(self) -> Mapping[str, str]:
+        return {name: process.log_text() for name, process in self.processes.items()}

@@ -1,0 +1,98 @@
+"""Smoke test of the real stack: tasks submitted over HTTP reach SUCCESS on their queue's
+workers, the platform endpoints answer, and a teardown leaves no process behind."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.harness.api import ApiClient, metric_value
+from tests.harness.databases import database_for
+from tests.harness.processes import ProcessIdentity
+from tests.harness.redis import RedisSentinelCluster
+from tests.harness.stack import Stack, StackOptions
+
+TASK_TIMEOUT = 30
+
+
+@pytest.mark.reliability("R31", "R45")
+def test_stack_is_ready_and_every_worker_answers_ping(stack: Stack, api: ApiClient) -> None:
+    ready = api.get("/readyz")
+    assert ready.status_code == 200, ready.text
+    assert ready.json() == {"broker": "ok", "result_backend": "ok"}
+    assert api.get("/healthz").status_code == 200
+    answer = stack.ping_workers()
+    for group in stack.options.groups:
+        assert f"{group}@" in answer, answer
+
+
+@pytest.mark.reliability("R10", "R22")
+@pytest.mark.parametrize(
+    ("name", "kwargs", "queue"),
+    [
+        ("demo.echo", {"message": "hello"}, "default"),
+        ("demo.urgent_ping", {}, "high"),
+    ],
+)
+def test_a_task_runs_on_the_workers_of_its_queue(
+    stack: Stack, api: ApiClient, name: str, kwargs: dict[str, str], queue: str
+) -> None:
+    response = api.submit(name, kwargs)
+    assert response.status_code == 202, response.text
+    accepted = response.json()
+    assert accepted["queue"] == queue
+    assert response.headers["Location"].endswith(accepted["id"])
+
+    body = api.wait_for_state(accepted["id"], "SUCCESS", timeout=TASK_TIMEOUT)
+
+    if name == "demo.echo":
+        assert body["result"] == "hello"
+    # The worker of that queue group ran it (its JSON log lines carry the task id).
+    stack.worker(queue).wait_for_log(accepted["id"], timeout=5, since=0)
+
+
+@pytest.mark.reliability("R10", "R42")
+def test_a_report_fans_out_as_a_chord_on_the_low_workers(stack: Stack, api: ApiClient) -> None:
+    size, chunk_size = 1000, 250
+    response = api.submit("demo.reports.build_report", {"size": size, "chunk_size": chunk_size})
+    assert response.status_code == 202, response.text
+    assert response.json()["queue"] == "low"
+
+    body = api.wait_for_state(response.json()["id"], "SUCCESS", timeout=TASK_TIMEOUT)
+
+    assert body["result"] == {"total": sum(n * n for n in range(size)), "chunks": 4}
+    stack.worker("low").wait_for_log("demo.reports.sum_chunk", timeout=5, since=0)
+
+
+def test_metrics_count_each_submission(api: ApiClient) -> None:
+    labels = {"task": "demo.echo", "outcome": "accepted"}
+    before = metric_value(api.metrics(), "tasks_submitted_total", labels)
+
+    task_id = api.submit_ok("demo.echo", {"message": "counted"})
+
+    assert metric_value(api.metrics(), "tasks_submitted_total", labels) == before + 1
+    api.wait_for_state(task_id, "SUCCESS", timeout=TASK_TIMEOUT)
+
+
+def test_teardown_leaves_no_process_running(tmp_path: Path, database_kind: str) -> None:
+    """A whole stack (Redis + Sentinel, database, worker, API) started and torn down by the
+    same context managers the fixtures use: none of the PIDs it ever had survives."""
+    seen: set[ProcessIdentity] = set()
+    options = StackOptions(groups=("default",), beat=False, flower=False)
+    with (
+        RedisSentinelCluster(tmp_path / "redis") as cluster,
+        database_for(database_kind, tmp_path / "db") as database,
+        Stack(
+            redis=cluster, database=database, workdir=tmp_path / "stack", options=options
+        ) as stack,
+        stack.api_client() as api,
+    ):
+        api.wait_for_state(api.submit_ok("demo.echo", {"message": "x"}), "SUCCESS", TASK_TIMEOUT)
+        pool = set(stack.worker("default").children())
+        assert pool, "a prefork worker has pool processes"
+        seen = stack.identities() | cluster.identities() | database.identities()
+        assert pool <= {identity.pid for identity in seen}
+
+    survivors = [identity for identity in seen if identity.alive()]
+    assert survivors == [], f"still running after teardown: {survivors}"

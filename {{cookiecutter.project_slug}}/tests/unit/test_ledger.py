@@ -1,0 +1,211 @@
+"""The ledger's rules, on a real SQLite file (the integration tier repeats them on servers)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from alembic import command
+from celery import Celery
+from sqlalchemy import create_engine, func, inspect, select
+
+from {{ cookiecutter.package_name }}.ledger.beat import acquire_lease, install_defaults
+from {{ cookiecutter.package_name }}.ledger.db import session_scope
+from {{ cookiecutter.package_name }}.ledger.deadletters import NotReplayable, list_dead, replay
+from {{ cookiecutter.package_name }}.ledger.migrate import alembic_config
+from {{ cookiecutter.package_name }}.ledger.models import (
+    DemoEffect,
+    PeriodicTask,
+    TaskRecord,
+    TaskState,
+    utcnow,
+)
+from {{ cookiecutter.package_name }}.ledger.publish import enqueue
+from {{ cookiecutter.package_name }}.ledger.reconcile import prune, reconcile
+from {{ cookiecutter.package_name }}.schedule import PeriodicSpec
+from {{ cookiecutter.package_name }}.settings import get_settings
+from {{ cookiecutter.package_name }}.tasks import demo
+
+SETTINGS = get_settings()
+
+
+@pytest.fixture
+def sent(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[dict[str, Any]]]:
+    """Every message the code hands to the broker (the in-memory one), in order."""
+    messages: list[dict[str, Any]] = []
+    original = Celery.send_task
+
+    def spy(self: Celery, name: str, *args: Any, **kwargs: Any) -> Any:
+        messages.append({"name": name, **kwargs})
+        return original(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(Celery, "send_task", spy)
+    yield messages
+
+
+def add_row(state: TaskState, age: timedelta, **values: Any) -> str:
+    with session_scope() as session:
+        record = enqueue(session, demo.echo.app, "demo.echo", {"message": "x"})
+        session.info.clear()  # written directly: not published
+        record.state = state
+        record.updated_at = utcnow() - age
+        for key, value in values.items():
+            setattr(record, key, value)
+        return record.id
+
+
+def state_of(task_id: str) -> str:
+    with session_scope() as session:
+        record = session.get(TaskRecord, task_id)
+        assert record is not None
+        return record.state
+
+
+def effects(task_id: str) -> int:
+    with session_scope() as session:
+        count = session.scalar(select(func.count()).where(DemoEffect.task_id == task_id))
+        return int(count or 0)
+
+
+@pytest.mark.reliability("R33")
+def test_enqueue_publishes_after_commit_and_not_after_rollback(
+    celery_app: Celery, sent: list[dict[str, Any]]
+) -> None:
+    with session_scope() as session:
+        record = enqueue(session, celery_app, "demo.echo", {"message": "kept"})
+        assert sent == []  # nothing leaves before the commit
+    assert [message["task_id"] for message in sent] == [record.id]
+    assert state_of(record.id) == TaskState.PUBLISHED
+
+    with pytest.raises(RuntimeError), session_scope() as session:
+        dropped = enqueue(session, celery_app, "demo.echo", {"message": "dropped"})
+        session.add(DemoEffect(task_id=dropped.id, key="business row"))
+        raise RuntimeError("the caller's transaction fails")
+    assert len(sent) == 1
+    with session_scope() as session:
+        assert session.get(TaskRecord, dropped.id) is None
+    assert effects(dropped.id) == 0
+
+
+@pytest.mark.reliability("R21", "R33")
+def test_a_finished_task_is_never_run_again(eager: Celery) -> None:
+    task_id = add_row(TaskState.PUBLISHED, timedelta(0))
+    demo.record_effect.apply(kwargs={"key": "once"}, task_id=task_id)
+    assert state_of(task_id) == TaskState.SUCCEEDED
+    assert effects(task_id) == 1
+    again = demo.record_effect.apply(kwargs={"key": "once"}, task_id=task_id)
+    assert again.state == "IGNORED"
+    assert effects(task_id) == 1
+    with session_scope() as session:
+        record = session.get(TaskRecord, task_id)
+        assert record is not None
+        assert record.attempts == 1
+        assert record.started_at is not None
+        assert record.finished_at is not None
+
+
+@pytest.mark.reliability("R14", "R33")
+def test_a_task_past_the_attempt_limit_goes_dead(eager: Celery, sent: list[dict[str, Any]]) -> None:
+    task_id = add_row(TaskState.STARTED, timedelta(0), attempts=SETTINGS.ledger_max_attempts)
+    demo.record_effect.apply(kwargs={"key": "poison"}, task_id=task_id)
+    assert state_of(task_id) == TaskState.DEAD
+    assert effects(task_id) == 0
+    assert [m["queue"] for m in sent if m.get("task_id") == task_id] == ["dead"]
+
+
+@pytest.mark.reliability("R14")
+def test_dead_letters_are_listed_and_replayed_as_a_fresh_attempt(
+    celery_app: Celery, sent: list[dict[str, Any]]
+) -> None:
+    dead = add_row(TaskState.DEAD, timedelta(0), finished_at=utcnow(), last_error="boom")
+    with session_scope() as session:
+        assert dead in [row.id for row in list_dead(session, limit=500)]
+    with session_scope() as session:
+        fresh = replay(session, celery_app, dead)
+    assert fresh.id != dead
+    assert fresh.replay_of == dead
+    assert state_of(fresh.id) == TaskState.PUBLISHED
+    assert state_of(dead) == TaskState.DEAD  # history kept
+    with pytest.raises(NotReplayable), session_scope() as session:
+        replay(session, celery_app, fresh.id)
+
+
+@pytest.mark.reliability("R34")
+def test_reconcile_redispatches_stalled_rows_once_and_buries_exhausted_ones(
+    celery_app: Celery, sent: list[dict[str, Any]]
+) -> None:
+    long_ago = timedelta(seconds=SETTINGS.reconcile_started_after + 60)
+    fresh = timedelta(seconds=1)
+    lost_publish = add_row(TaskState.QUEUED, timedelta(seconds=SETTINGS.reconcile_queued_after + 5))
+    lost_in_failover = add_row(TaskState.PUBLISHED, long_ago)
+    dead_worker = add_row(TaskState.STARTED, long_ago, attempts=1)
+    exhausted = add_row(TaskState.STARTED, long_ago, attempts=SETTINGS.ledger_max_attempts)
+    still_fine = add_row(TaskState.PUBLISHED, fresh)
+    waiting = add_row(TaskState.PUBLISHED, long_ago, eta=utcnow() + timedelta(minutes=5))
+    finished = add_row(TaskState.SUCCEEDED, long_ago)
+
+    report = reconcile(celery_app, SETTINGS)
+
+    assert set(report.redispatched) >= {lost_publish, lost_in_failover, dead_worker}
+    assert exhausted in report.dead
+    for untouched in (still_fine, waiting, finished):
+        assert untouched not in report.redispatched + report.dead
+    for task_id in (lost_publish, lost_in_failover, dead_worker):
+        assert state_of(task_id) == TaskState.PUBLISHED
+    assert state_of(exhausted) == TaskState.DEAD
+    assert {m["queue"] for m in sent if m.get("task_id") == exhausted} == {"dead"}
+    # A second run right after finds nothing left to do: no double dispatch.
+    again = reconcile(celery_app, SETTINGS)
+    assert not set(again.redispatched) & {lost_publish, lost_in_failover, dead_worker}
+
+
+def test_prune_deletes_only_old_finished_rows() -> None:
+    old = timedelta(days=SETTINGS.ledger_retention_days + 1)
+    old_done = add_row(TaskState.SUCCEEDED, old, finished_at=utcnow() - old)
+    new_done = add_row(TaskState.SUCCEEDED, timedelta(0), finished_at=utcnow())
+    old_open = add_row(TaskState.PUBLISHED, old)
+    assert prune(SETTINGS) >= 1
+    with session_scope() as session:
+        assert session.get(TaskRecord, old_done) is None
+        assert session.get(TaskRecord, new_done) is not None
+        assert session.get(TaskRecord, old_open) is not None
+
+
+@pytest.mark.reliability("R29")
+def test_one_beat_holds_the_lease_until_it_expires() -> None:
+    now = utcnow()
+    assert acquire_lease("beat-a", 30, now)
+    assert not acquire_lease("beat-b", 30, now)
+    assert acquire_lease("beat-a", 30, now + timedelta(seconds=10))
+    assert not acquire_lease("beat-b", 30, now + timedelta(seconds=20))
+    assert acquire_lease("beat-b", 30, now + timedelta(seconds=41))
+    assert not acquire_lease("beat-a", 30, now + timedelta(seconds=42))
+
+
+@pytest.mark.reliability("R30")
+def test_default_entries_never_overwrite_edited_rows() -> None:
+    install_defaults([PeriodicSpec("edited", "demo.echo", 60, kwargs={"message": "a"})])
+    with session_scope() as session:
+        row = session.get(PeriodicTask, "edited")
+        assert row is not None
+        row.interval_seconds = 5
+    install_defaults([PeriodicSpec("edited", "demo.echo", 60, kwargs={"message": "a"})])
+    with session_scope() as session:
+        row = session.get(PeriodicTask, "edited")
+        assert row is not None
+        assert row.interval_seconds == 5
+
+
+@pytest.mark.reliability("R33")
+def test_migrations_go_up_and_down(tmp_path: Any) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path}/scratch.db")
+    config = alembic_config()
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+        tables = set(inspect(connection).get_table_names())
+        assert {"task_ledger", "demo_effects", "periodic_tasks", "beat_lease"} <= tables
+        command.downgrade(config, "base")
+        assert set(inspect(connection).get_table_names()) <= {"alembic_version"}
