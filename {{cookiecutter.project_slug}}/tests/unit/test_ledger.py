@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -32,7 +31,7 @@ SETTINGS = get_settings()
 
 
 @pytest.fixture
-def sent(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[dict[str, Any]]]:
+def sent(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     """Every message the code hands to the broker (the in-memory one), in order."""
     messages: list[dict[str, Any]] = []
     original = Celery.send_task
@@ -42,7 +41,7 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[dict[str, Any]]]:
         return original(self, name, *args, **kwargs)
 
     monkeypatch.setattr(Celery, "send_task", spy)
-    yield messages
+    return messages
 
 
 def add_row(state: TaskState, age: timedelta, **values: Any) -> str:
@@ -79,14 +78,21 @@ def test_enqueue_publishes_after_commit_and_not_after_rollback(
     assert [message["task_id"] for message in sent] == [record.id]
     assert state_of(record.id) == TaskState.PUBLISHED
 
-    with pytest.raises(RuntimeError), session_scope() as session:
-        dropped = enqueue(session, celery_app, "demo.echo", {"message": "dropped"})
-        session.add(DemoEffect(task_id=dropped.id, key="business row"))
-        raise RuntimeError("the caller's transaction fails")
+    def failing_transaction() -> str:
+        with session_scope() as session:
+            dropped = enqueue(session, celery_app, "demo.echo", {"message": "dropped"})
+            session.add(DemoEffect(task_id=dropped.id, key="business row"))
+            failed.append(dropped.id)
+            raise RuntimeError("the caller's transaction fails")
+
+    failed: list[str] = []
+    with pytest.raises(RuntimeError):
+        failing_transaction()
+    dropped_id = failed[0]
     assert len(sent) == 1
     with session_scope() as session:
-        assert session.get(TaskRecord, dropped.id) is None
-    assert effects(dropped.id) == 0
+        assert session.get(TaskRecord, dropped_id) is None
+    assert effects(dropped_id) == 0
 
 
 @pytest.mark.reliability("R21", "R33")
@@ -95,8 +101,8 @@ def test_a_finished_task_is_never_run_again(eager: Celery) -> None:
     demo.record_effect.apply(kwargs={"key": "once"}, task_id=task_id)
     assert state_of(task_id) == TaskState.SUCCEEDED
     assert effects(task_id) == 1
-    again = demo.record_effect.apply(kwargs={"key": "once"}, task_id=task_id)
-    assert again.state == "IGNORED"
+    again: str = demo.record_effect.apply(kwargs={"key": "once"}, task_id=task_id).state
+    assert again == "IGNORED"
     assert effects(task_id) == 1
     with session_scope() as session:
         record = session.get(TaskRecord, task_id)
