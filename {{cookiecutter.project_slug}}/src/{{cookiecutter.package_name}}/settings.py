@@ -48,15 +48,17 @@ class Settings(BaseSettings):
     redis_health_check_interval: int = Field(default=10, ge=1)
 
     # --- Ledger database -------------------------------------------------------------
-    database_url: SecretStr = SecretStr(
 {%- if cookiecutter.database == "postgresql" %}
+    database_url: SecretStr = SecretStr(
         "postgresql+psycopg://app:change-me-database-password@127.0.0.1:5432/app"
-{%- elif cookiecutter.database == "mysql" %}
-        "mysql+pymysql://app:change-me-database-password@127.0.0.1:3306/app"
-{%- else %}
-        "sqlite:///var/ledger.sqlite3"
-{%- endif %}
     )
+{%- elif cookiecutter.database == "mysql" %}
+    database_url: SecretStr = SecretStr(
+        "mysql+pymysql://app:change-me-database-password@127.0.0.1:3306/app"
+    )
+{%- else %}
+    database_url: SecretStr = SecretStr("sqlite:///var/ledger.sqlite3")
+{%- endif %}
     # A dead database must fail a request or a task fast, not hang it.
     database_timeout: int = Field(default=5, ge=1)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import socket
 import sys
 import threading
 import time
@@ -116,13 +117,16 @@ class Stack:
         env["VIRTUAL_ENV"] = str(venv_bin().parent)
         env.pop("PYTHONHOME", None)
         env["PYTHONUNBUFFERED"] = "1"
+        if env.pop("PYTHONDONTWRITEBYTECODE", ""):
+            # Without cached bytecode every process start recompiles celery, fastapi,
+            # sqlalchemy... (seconds of CPU each); cache it inside the venv instead of
+            # next to the sources, which is what the variable wanted to avoid.
+            env.setdefault("PYTHONPYCACHEPREFIX", str(venv_bin().parent / ".pycache"))
         env.update(TEST_SETTINGS)
         env.update(self.redis.env())
         env.update(self.database.env())
         env["API_BIND"] = f"{LOOPBACK}:{self.api_port}"
         env["BEAT_SCHEDULE_FILE"] = str(self.run_dir / "celerybeat-schedule")
-        # gunicorn merges the metrics of its workers through files in this directory.
-        env["PROMETHEUS_MULTIPROC_DIR"] = str(self.run_dir / "prometheus")
         env["SENTRY_DSN"] = ""
         if self.flower_enabled:
             self.flower_port = free_port()
@@ -148,13 +152,15 @@ class Stack:
 
     # --- lifecycle --------------------------------------------------------------------
 
-    def _entrypoint(self, name: str, *args: str, restart: bool) -> SupervisedProcess:
+    def _entrypoint(
+        self, name: str, *args: str, restart: bool, env: Mapping[str, str] | None = None
+    ) -> SupervisedProcess:
         script = ENTRYPOINTS / f"{name}.sh"
         process_name = "-".join([name, *args])
         return SupervisedProcess(
             process_name,
             ["bash", str(script), *args],
-            env=self.env,
+            env={**self.env, **(env or {})},
             cwd=self.run_dir,
             log_dir=self.log_dir,
             restart=restart,
@@ -184,7 +190,10 @@ class Stack:
                 )
             if self.options.beat:
                 self.processes["beat"] = self._entrypoint("beat", restart=restart)
-            self.processes["api"] = self._entrypoint("api", restart=restart)
+            # gunicorn merges its workers' metrics through files in this directory (the
+            # API's only: other processes must not write their metrics there).
+            api_env = {"PROMETHEUS_MULTIPROC_DIR": str(self.run_dir / "prometheus")}
+            self.processes["api"] = self._entrypoint("api", restart=restart, env=api_env)
             if self.flower_enabled:
                 self.processes["flower"] = self._entrypoint("flower", restart=restart)
             for process in self.processes.values():
@@ -283,9 +292,23 @@ class Stack:
             timeout=timeout,
         )
 
-    def ping_workers(self, timeout: float = 5) -> str:
-        """`celery inspect ping` (R45): the answer names every worker that replied."""
-        return self.celery("inspect", "ping", f"--timeout={timeout}", timeout=timeout + 60)
+    def worker_nodename(self, group: str) -> str:
+        """The Celery node name of a group's worker (launch.py: --hostname=<group>@%h)."""
+        return f"{group}@{socket.gethostname()}"
+
+    def ping_workers(self, timeout: float = 10) -> str:
+        """`celery inspect ping` to every worker of the stack (R45); returns the answer.
+
+        Naming the destinations lets the command return as soon as all of them replied.
+        """
+        destinations = ",".join(self.worker_nodename(g) for g in self.options.groups)
+        return self.celery(
+            "inspect",
+            "ping",
+            f"--timeout={timeout}",
+            f"--destination={destinations}",
+            timeout=timeout + 60,
+        )
 
     def logs(self) -> Mapping[str, str]:
         return {name: process.log_text() for name, process in self.processes.items()}

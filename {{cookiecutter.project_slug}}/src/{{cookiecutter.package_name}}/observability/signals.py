@@ -67,6 +67,8 @@ def _on_revoked(request: Any, terminated: bool, signum: Any, expired: bool, **_:
             "expired": expired,
         },
     )
+
+
 def _reset_ledger_connections(**_: Any) -> None:
     reset_after_fork()
 {%- if cookiecutter.use_sentry == "yes" %}
