@@ -100,6 +100,8 @@ class RedisNode:
             "save 60 1",
             'dbfilename "dump.rdb"',
             "protected-mode yes",
+            # A replica's full sync starts at once, not after the default 5 s wait.
+            "repl-diskless-sync-delay 0",
         ]
         if replica_of is not None:
             lines.append(f"replicaof {replica_of[0]} {replica_of[1]}")

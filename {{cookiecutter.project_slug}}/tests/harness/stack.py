@@ -101,7 +101,7 @@ class Stack:
         self.workdir = self._scratch.path
         self.run_dir = self.workdir / "run"
         self.log_dir = self.workdir / "logs"
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "tmp").mkdir(parents=True, exist_ok=True)
         self.api_port = free_port()
         self.flower_port: int | None = None
         self.flower_auth = ("admin", secrets.token_urlsafe(12))
@@ -128,6 +128,8 @@ class Stack:
         env["API_BIND"] = f"{LOOPBACK}:{self.api_port}"
         env["BEAT_SCHEDULE_FILE"] = str(self.run_dir / "celerybeat-schedule")
         env["SENTRY_DSN"] = ""
+        # Temporary files of the processes stay in the stack's directory.
+        env["TMPDIR"] = str(self.run_dir / "tmp")
         if self.flower_enabled:
             self.flower_port = free_port()
             env["FLOWER_PORT"] = str(self.flower_port)

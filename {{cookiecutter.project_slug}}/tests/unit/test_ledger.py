@@ -23,6 +23,7 @@ from {{ cookiecutter.package_name }}.ledger.models import (
 )
 from {{ cookiecutter.package_name }}.ledger.publish import enqueue
 from {{ cookiecutter.package_name }}.ledger.reconcile import prune, reconcile
+from {{ cookiecutter.package_name }}.ledger.tracking import mark
 from {{ cookiecutter.package_name }}.schedule import PeriodicSpec
 from {{ cookiecutter.package_name }}.settings import get_settings
 from {{ cookiecutter.package_name }}.tasks import demo
@@ -110,6 +111,24 @@ def test_a_finished_task_is_never_run_again(eager: Celery) -> None:
         assert record.attempts == 1
         assert record.started_at is not None
         assert record.finished_at is not None
+
+
+@pytest.mark.reliability("R21")
+def test_of_two_concurrent_copies_only_the_first_to_commit_keeps_its_effect(
+    eager: Celery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    task_id = add_row(TaskState.PUBLISHED, timedelta(0))
+
+    def other_copy_commits_meanwhile(_: float) -> None:
+        with session_scope() as session:
+            session.add(DemoEffect(task_id=task_id, key="first copy"))
+            assert mark(session, task_id, TaskState.SUCCEEDED)
+
+    monkeypatch.setattr("time.sleep", other_copy_commits_meanwhile)
+    second: str = demo.record_effect.apply(kwargs={"key": "second copy"}, task_id=task_id).state
+    assert second == "IGNORED"
+    assert effects(task_id) == 1
+    assert state_of(task_id) == TaskState.SUCCEEDED
 
 
 @pytest.mark.reliability("R14", "R33")

@@ -60,7 +60,9 @@ def reconcile(app: Celery, settings: Settings, now: datetime | None = None) -> R
             .with_for_update(skip_locked=True)
         ).all()
         for row in candidates:
-            exhausted = row.attempts >= settings.ledger_max_attempts
+            # Bounded both ways: too many starts (a poison task), or too many sends
+            # that never started (nothing consumes its queue).
+            exhausted = max(row.attempts, row.dispatches) >= settings.ledger_max_attempts
             target = TaskState.DEAD if exhausted else TaskState.QUEUED
             claimed = changed_rows(
                 session,

@@ -70,16 +70,26 @@ def record_outcome(task_id: str, state: TaskState, error: str | None = None) -> 
         )
 
 
-def mark(session: Session, task_id: str, state: TaskState, error: str | None = None) -> None:
-    """Move a row to `state` inside the caller's transaction (never out of a final state)."""
+def mark(session: Session, task_id: str, state: TaskState, error: str | None = None) -> bool:
+    """Move a row to `state` inside the caller's transaction (never out of a final state).
+
+    Returns False when the row is already final (or absent). The UPDATE waits for a
+    concurrent transaction on the same row, so of two copies finishing at once exactly
+    one sees True.
+    """
     values: dict[str, object] = {"state": state}
     if error is not None:
         values["last_error"] = error[:4000]
     if state in FINAL_STATES:
         values["finished_at"] = utcnow()
-    changed_rows(
+    changed = changed_rows(
         session,
         update(TaskRecord)
         .where(TaskRecord.id == task_id, TaskRecord.state.not_in(FINAL_STATES))
         .values(**values),
     )
+    return changed > 0
+
+
+def is_tracked(session: Session, task_id: str) -> bool:
+    return session.scalar(select(TaskRecord.id).where(TaskRecord.id == task_id)) is not None

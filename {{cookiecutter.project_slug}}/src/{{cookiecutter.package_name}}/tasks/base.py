@@ -12,7 +12,13 @@ from sqlalchemy.orm import Session
 
 from {{ cookiecutter.package_name }}.ledger.deadletters import send_to_dead_queue
 from {{ cookiecutter.package_name }}.ledger.models import TaskState
-from {{ cookiecutter.package_name }}.ledger.tracking import Claim, claim, mark, record_outcome
+from {{ cookiecutter.package_name }}.ledger.tracking import (
+    Claim,
+    claim,
+    is_tracked,
+    mark,
+    record_outcome,
+)
 from {{ cookiecutter.package_name }}.settings import get_settings
 from {{ cookiecutter.package_name }}.tasks.cancel import abort_requested
 from {{ cookiecutter.package_name }}.tasks.errors import AttemptLimitExceeded, RetryableError
@@ -56,10 +62,15 @@ class ReliableTask(Task):  # type: ignore[type-arg]
     def finish_in(self, session: Session) -> None:
         """Mark this task SUCCEEDED inside the caller's transaction.
 
-        Commit the side effect and the ledger state together: a crash after that
-        commit cannot make a redelivery repeat the effect (R21).
+        Commit the side effect and the ledger state together: a crash after that commit
+        cannot make a redelivery repeat the effect, and of two copies running at once
+        (a redelivery racing a slow original) only the first to commit keeps its
+        effect; the other's transaction is rolled back and the copy ignored (R21).
         """
-        mark(session, str(self.request.id), TaskState.SUCCEEDED)
+        task_id = str(self.request.id)
+        if not mark(session, task_id, TaskState.SUCCEEDED) and is_tracked(session, task_id):
+            logger.warning("duplicate finished second", extra={"event": "task_duplicate"})
+            raise Ignore()
 
     # --- R15: lifecycle hooks, each logged with the task's context --------------------------
     def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
