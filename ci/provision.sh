@@ -98,6 +98,6 @@ done
 
 pg_dir="$(postgres_bin)"
 log "$(redis-server --version)"
-log "$(redis-sentinel --version 2>/dev/null | head -n 1 || echo 'redis-sentinel: see redis-server')"
+log "redis-sentinel: $(redis-sentinel --version 2>/dev/null | head -n 1)"
 log "$(mariadbd --version)"
 log "$("$pg_dir/postgres" --version) ($pg_dir)"

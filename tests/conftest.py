@@ -103,6 +103,16 @@ class Baked:
                 continue
 
 
+def describe(error: BaseException | None) -> str:
+    """An exception with the template file and line Jinja blames, when it names them."""
+    where = ":".join(
+        str(part)
+        for part in (getattr(error, "filename", None), getattr(error, "lineno", None))
+        if part is not None
+    )
+    return f"{error!r} at {where}" if where else repr(error)
+
+
 def snapshot(root: Path) -> tuple[Path, ...]:
     return tuple(sorted(path.relative_to(root) for path in root.rglob("*") if path.is_file()))
 
@@ -118,7 +128,7 @@ def bake(cookies_session) -> Callable[[Combo], Baked]:
                 extra_context=dict(combo.answers), template=str(TEMPLATE_DIR)
             )
             if result.exit_code != 0 or result.exception is not None:
-                cache[combo.id] = f"exit code {result.exit_code}: {result.exception!r}"
+                cache[combo.id] = f"exit code {result.exit_code}: {describe(result.exception)}"
             else:
                 path = result.project_path
                 cache[combo.id] = Baked(combo=combo, path=path, files=snapshot(path))

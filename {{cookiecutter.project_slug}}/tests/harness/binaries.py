@@ -55,8 +55,7 @@ def require_binary(name: str, package: str) -> str:
     path = find_binary(name)
     if path is None:
         missing_dependency(
-            f"{name} not found: install the Debian package {package}"
-            f" (apt-get install -y {package}, or run the template's ci/provision.sh)"
+            f"{name} not found: install the Debian package {package} (apt-get install -y {package})"
         )
     return path
 

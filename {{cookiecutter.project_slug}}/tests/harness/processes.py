@@ -2,10 +2,11 @@
 
 `SupervisedProcess` starts one command in its own session (so its process group is its own),
 sends its output to a log file, and, when `restart=True`, starts it again whenever it exits
-while nobody asked it to (`restarts` counts that). `stop()` signals only that process group
-and the processes it was seen to spawn, then waits and escalates to SIGKILL; nothing is ever
-killed by name. Every process any instance has seen is remembered, so `leaked_processes()`
-can prove that a teardown left nothing behind.
+while nobody asked it to (`restarts` counts that). `stop()` sends the stop signal to the main
+process (as `docker stop` does), waits, then SIGKILLs what is left of its process group and of
+the processes it was seen to spawn; nothing is ever killed by name. Every process any
+instance has seen is remembered, so `leaked_processes()` can prove that a teardown left
+nothing behind.
 
 Linux only: descendants are found through /proc.
 """
@@ -97,6 +98,25 @@ def list_processes() -> list[ProcessInfo]:
             if info is not None:
                 found.append(info)
     return found
+
+
+class _SharedSnapshot:
+    """One /proc scan shared by every supervisor thread (a scan costs milliseconds)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._taken = 0.0
+        self._table: list[ProcessInfo] = []
+
+    def get(self, max_age: float) -> list[ProcessInfo]:
+        with self._lock:
+            if time.monotonic() - self._taken > max_age:
+                self._table = list_processes()
+                self._taken = time.monotonic()
+            return self._table
+
+
+_shared_snapshot = _SharedSnapshot()
 
 
 def descendants(root: int, snapshot: Sequence[ProcessInfo] | None = None) -> list[ProcessInfo]:
@@ -232,6 +252,7 @@ class SupervisedProcess:
         self._log_offset = 0
         self._exit_handled = False
         self._known: dict[ProcessIdentity, str] = {}
+        self._groups: set[int] = set()
         self._lock = threading.RLock()
         self._stopping = threading.Event()
         self._paused = threading.Event()
@@ -257,7 +278,11 @@ class SupervisedProcess:
         return self
 
     def stop(self, timeout: float | None = None) -> None:
-        """Stop supervising, send the stop signal to the process group, then SIGKILL."""
+        """Stop supervising, send the stop signal to the main process, then SIGKILL.
+
+        Whatever the command spawned (pool children, forked helpers) goes too: the process
+        group and every process seen below it are killed once the main process is gone.
+        """
         timeout = self.stop_timeout if timeout is None else timeout
         self._stopping.set()
         thread = self._thread
@@ -270,7 +295,8 @@ class SupervisedProcess:
                 # Like `docker stop`: the main process alone gets the stop signal (a
                 # Celery worker's pool children must finish their tasks), the whole
                 # group gets SIGKILL after the grace period.
-                os.kill(proc.pid, self.stop_signal)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, self.stop_signal)
                 try:
                     proc.wait(timeout=timeout)
                 except subprocess.TimeoutExpired:
@@ -298,8 +324,8 @@ class SupervisedProcess:
             if proc is not None:
                 self._record_exit(proc)
                 self._kill_leftovers(grace=0)
-            self._spawn()
             self.restarts += 1
+            self._spawn()
 
     @contextlib.contextmanager
     def supervision_paused(self) -> Iterator[None]:
@@ -469,17 +495,18 @@ class SupervisedProcess:
                 group=gid,
                 extra_groups=extra_groups,
             )
+        self._groups.add(self._proc.pid)
         self._started_at = time.monotonic()
         self._exit_handled = False
         self._track()
         self._changed.notify_all()
 
-    def _track(self) -> None:
+    def _track(self, max_age: float = 0.0) -> None:
         """Remember the current process and everything below it or in its group."""
         proc = self._proc
         if proc is None or proc.poll() is not None:
             return
-        snapshot = list_processes()
+        snapshot = _shared_snapshot.get(max_age)
         found = {info.identity for info in snapshot if info.pid == proc.pid}
         found.update(info.identity for info in descendants(proc.pid, snapshot))
         found.update(info.identity for info in snapshot if info.pgrp == proc.pid and info.running)
@@ -504,8 +531,21 @@ class SupervisedProcess:
     def _alive_known(self) -> list[ProcessIdentity]:
         return [identity for identity in self._known if identity.alive()]
 
+    def _adopt_group_members(self) -> None:
+        """Count every live member of our process groups as ours (even if never seen)."""
+        snapshot = list_processes()
+        for pgid in self._groups:
+            members = [info for info in snapshot if info.pgrp == pgid and info.running]
+            leader = next((info for info in members if info.pid == pgid), None)
+            if leader is not None and leader.identity not in self._known:
+                continue  # the ID was reused by an unrelated process group
+            new = {info.identity: self.name for info in members if info.identity not in self._known}
+            self._known.update(new)
+            _remember(new)
+
     def _kill_leftovers(self, grace: float) -> None:
         """Everything this command spawned goes with it, as when a container stops."""
+        self._adopt_group_members()
         deadline = time.monotonic() + grace
         while self._alive_known() and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -526,8 +566,8 @@ class SupervisedProcess:
                 if proc is None:
                     return
                 exited = proc.poll() is not None
-                if not exited and time.monotonic() - last_track > 0.5:
-                    self._track()
+                if not exited and time.monotonic() - last_track > 1.0:
+                    self._track(max_age=1.0)
                     last_track = time.monotonic()
                 if exited and not self._exit_handled:
                     self._record_exit(proc)

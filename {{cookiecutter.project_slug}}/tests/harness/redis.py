@@ -120,9 +120,10 @@ class RedisNode:
         return f"<RedisNode {self.name} {format_address(self.address)} pid={self.process.pid}>"
 
     def client(self, **options: Any) -> redis_py.Redis:
+        """An admin client; replies are bytes (redis-py's default: kombu keys are binary)
+        unless `decode_responses=True` is passed."""
         options.setdefault("socket_timeout", 2)
         options.setdefault("socket_connect_timeout", 1)
-        options.setdefault("decode_responses", True)
         return redis_py.Redis(
             host=self.address[0], port=self.address[1], password=self.password, **options
         )
@@ -132,11 +133,10 @@ class RedisNode:
             return bool(client.ping())
 
     def role(self) -> str:
-        with self.client() as client:
-            return str(client.info("replication")["role"])
+        return str(self.info()["role"])
 
     def info(self, section: str = "replication") -> dict[str, Any]:
-        with self.client() as client:
+        with self.client(decode_responses=True) as client:
             found: dict[str, Any] = client.info(section)
             return found
 

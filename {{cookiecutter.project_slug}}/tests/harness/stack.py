@@ -114,7 +114,8 @@ class Stack:
     def _environment(self) -> dict[str, str]:
         env = dict(os.environ)
         env["PATH"] = f"{venv_bin()}{os.pathsep}{env.get('PATH', '/usr/bin:/bin')}"
-        env["VIRTUAL_ENV"] = str(venv_bin().parent)
+        if sys.prefix != sys.base_prefix:
+            env["VIRTUAL_ENV"] = sys.prefix
         env.pop("PYTHONHOME", None)
         env["PYTHONUNBUFFERED"] = "1"
         if env.pop("PYTHONDONTWRITEBYTECODE", ""):
@@ -155,12 +156,16 @@ class Stack:
     # --- lifecycle --------------------------------------------------------------------
 
     def _entrypoint(
-        self, name: str, *args: str, restart: bool, env: Mapping[str, str] | None = None
+        self,
+        kind: str,
+        *args: str,
+        restart: bool,
+        env: Mapping[str, str] | None = None,
+        name: str | None = None,
     ) -> SupervisedProcess:
-        script = ENTRYPOINTS / f"{name}.sh"
-        process_name = "-".join([name, *args])
+        script = ENTRYPOINTS / f"{kind}.sh"
         return SupervisedProcess(
-            process_name,
+            name or "-".join([kind, *args]),
             ["bash", str(script), *args],
             env={**self.env, **(env or {})},
             cwd=self.run_dir,
@@ -205,6 +210,39 @@ class Stack:
             self.stop()
             raise
         return self
+
+    def start_extra(
+        self,
+        kind: str,
+        *args: str,
+        env: Mapping[str, str] | None = None,
+        restart: bool | None = None,
+        ready_timeout: float = 60,
+    ) -> SupervisedProcess:
+        """One more process through its entrypoint (a second beat, another worker...).
+
+        It is stopped with the stack (stopping it earlier is fine). A worker is returned
+        once it consumes; note that two workers of one group share a node name.
+        """
+        base = "-".join([kind, *args])
+        count = sum(1 for name in self.processes if name.startswith(f"{base}-extra-"))
+        name = f"{base}-extra-{count + 1}"
+        extra_env = dict(env or {})
+        if kind == "beat":
+            # Its own schedule file, as a beat in another container would have.
+            extra_env.setdefault("BEAT_SCHEDULE_FILE", str(self.run_dir / f"{name}-schedule"))
+        process = self._entrypoint(
+            kind,
+            *args,
+            restart=self.options.restart if restart is None else restart,
+            env=extra_env,
+            name=name,
+        )
+        self.processes[process.name] = process
+        process.start()
+        if kind == "worker":
+            process.wait_for_log(WORKER_READY, ready_timeout)
+        return process
 
     def stop(self) -> None:
         """Stop every process in parallel (producers first), leaving nothing running."""

@@ -24,7 +24,8 @@ keepalive = 5
 accesslog = None
 
 # Metrics of all workers are merged through files in one directory.
-os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="prometheus-"))
+if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="prometheus-")
 
 
 def on_starting(server: Any) -> None:

@@ -91,5 +91,12 @@ def mark(session: Session, task_id: str, state: TaskState, error: str | None = N
     return changed > 0
 
 
+def attempts_of(task_id: str) -> int:
+    """How many times the task has started (0 if it is not in the ledger)."""
+    with session_scope() as session:
+        attempts = session.scalar(select(TaskRecord.attempts).where(TaskRecord.id == task_id))
+    return int(attempts or 0)
+
+
 def is_tracked(session: Session, task_id: str) -> bool:
     return session.scalar(select(TaskRecord.id).where(TaskRecord.id == task_id)) is not None

@@ -6,6 +6,8 @@ signatures, and a task loads anything bigger (rows, files) by ID inside itself.
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from datetime import UTC, datetime
 from typing import Annotated
@@ -15,6 +17,7 @@ from pydantic import Field
 from {{ cookiecutter.package_name }}.celery_app import app
 from {{ cookiecutter.package_name }}.ledger.db import session_scope
 from {{ cookiecutter.package_name }}.ledger.models import DemoEffect
+from {{ cookiecutter.package_name }}.ledger.tracking import attempts_of
 from {{ cookiecutter.package_name }}.tasks.base import ReliableTask
 from {{ cookiecutter.package_name }}.tasks.errors import RetryableError
 
@@ -79,6 +82,20 @@ def record_effect(self: ReliableTask, key: Text, seconds: Seconds = 0.0) -> str:
         session.add(DemoEffect(task_id=str(self.request.id), key=key))
         self.finish_in(session)
     return key
+
+
+@app.task(name="demo.crash", base=ReliableTask, bind=True)
+def crash(self: ReliableTask, until_attempt: Attempts = 20) -> int:
+    """Kill the process running it until its ledger attempt reaches `until_attempt`.
+
+    A stand-in for an out-of-memory kill or a segfault: a prefork child dies mid-task
+    (R02 requeues it); one that always dies is a poison task the attempt limit buries
+    (R14). Not in the default API allowlist.
+    """
+    attempt = attempts_of(str(self.request.id))
+    if attempt < until_attempt:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return attempt
 
 
 @app.task(name="demo.urgent_ping", base=ReliableTask, bind=True)

@@ -1,0 +1,1 @@
+"""Benchmarks: numbers about the running stack, kept out of the tests."""

@@ -1,0 +1,248 @@
+"""The ledger on real processes: a real worker, real Redis + Sentinel and this project's
+database server (PostgreSQL, MariaDB or a SQLite file), everything started through
+deploy/entrypoints/ (R14, R21, R29, R30, R33, R34).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections.abc import Callable
+from typing import Any, cast
+
+import pytest
+
+from tests.harness.api import ApiClient
+from tests.harness.databases import Database
+from tests.harness.processes import run_command
+from tests.harness.redis import RedisSentinelCluster
+from tests.harness.stack import Stack, StackOptions, venv_bin
+
+# Short ledger timings, through the same settings users have.
+LEDGER_SETTINGS = {
+    "RECONCILE_INTERVAL": "2",
+    "RECONCILE_QUEUED_AFTER": "3",
+    "RECONCILE_PUBLISHED_AFTER": "8",
+    "LEDGER_MAX_ATTEMPTS": "4",
+    "TASK_MAX_RETRIES": "2",
+    "PUBLISH_RETRY_MAX_RETRIES": "3",
+    "BEAT_RELOAD_INTERVAL": "1",
+    "BEAT_LEASE_SECONDS": "4",
+    "API_TASK_ALLOWLIST": "demo.echo,demo.record_effect,demo.fail,demo.flaky,demo.crash",
+}
+
+
+# kombu keeps one Redis list per priority step: "default", "default\x06\x165", ...
+PRIORITY_SEPARATOR = b"\x06\x16"
+
+
+@pytest.fixture(scope="module")
+def stack_options() -> StackOptions:
+    return StackOptions(env=dict(LEDGER_SETTINGS))
+
+
+def ledger(database: Database, task_id: str) -> dict[str, str]:
+    rows = database.query(
+        "SELECT state, attempts, dispatches, replay_of, published_at, started_at, finished_at"
+        f" FROM task_ledger WHERE id = '{task_id}'"
+    )
+    assert rows, f"no ledger row for {task_id}"
+    keys = ("state", "attempts", "dispatches", "replay_of", "published", "started", "finished")
+    return dict(zip(keys, rows[0], strict=True))
+
+
+def effects(database: Database, task_id: str | None = None, key: str | None = None) -> int:
+    where = f"task_id = '{task_id}'" if task_id else f"{_quoted_key(database)} = '{key}'"
+    return int(database.query(f"SELECT COUNT(*) FROM demo_effects WHERE {where}")[0][0])
+
+
+def _quoted_key(database: Database) -> str:
+    return "`key`" if database.kind == "mysql" else '"key"'
+
+
+def wait_until(check: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} after {timeout:.0f} s")
+        time.sleep(0.25)
+
+
+def wait_ledger(database: Database, task_id: str, states: set[str], timeout: float = 60) -> Any:
+    return wait_until(
+        lambda: (row := ledger(database, task_id))["state"] in states and row,
+        timeout,
+        f"task {task_id} not in {states}: {ledger(database, task_id)}",
+    )
+
+
+def send_copy(stack: Stack, task_id: str, name: str, kwargs: dict[str, Any]) -> None:
+    """Publish another message with the same id, as a redelivery or a re-dispatch would."""
+    code = (
+        f"from {stack.package}.celery_app import app\n"
+        f"app.send_task({name!r}, kwargs={kwargs!r}, task_id={task_id!r})\n"
+    )
+    run_command([str(venv_bin() / "python"), "-c", code], env=stack.env, cwd=stack.run_dir)
+
+
+def queue_keys(cluster: RedisSentinelCluster, queue: str) -> list[bytes]:
+    """The Redis lists of a queue: one per priority step (`default`, `default\\x06\\x165`...)."""
+    name = queue.encode()
+    keys = cast(list[bytes], cluster.master_client().keys(f"{queue}*"))
+    return [key for key in keys if key == name or key.startswith(name + PRIORITY_SEPARATOR)]
+
+
+@pytest.mark.reliability("R33")
+def test_a_task_walks_through_its_states_in_the_ledger(api: ApiClient, database: Database) -> None:
+    task_id = api.submit_ok("demo.flaky", {"failures": 1})
+    row = wait_ledger(database, task_id, {"SUCCEEDED"})
+    assert row["attempts"] == "2"  # the first run and its retry
+    assert row["dispatches"] == "1"
+    assert row["published"]
+    assert row["started"]
+    assert row["finished"]
+    body = api.status(task_id).json()
+    assert body["state"] == "SUCCEEDED"
+    assert body["celery_state"] == "SUCCESS"
+    assert "transient failure 1 of 1" in body["last_error"]
+
+
+@pytest.mark.reliability("R21")
+def test_the_same_message_delivered_twice_has_one_side_effect(
+    api: ApiClient, stack: Stack, database: Database
+) -> None:
+    task_id = api.submit_ok("demo.record_effect", {"key": "delivered-twice"})
+    wait_ledger(database, task_id, {"SUCCEEDED"})
+    send_copy(stack, task_id, "demo.record_effect", {"key": "delivered-twice"})
+    worker = stack.worker("default")
+    worker.wait_for_log(rf'"event": "task_deduplicated", "task_id": "{task_id}"', timeout=30)
+    assert effects(database, task_id) == 1
+    assert ledger(database, task_id)["attempts"] == "1"
+
+
+@pytest.mark.reliability("R02", "R14")
+def test_a_poison_task_goes_dead_after_the_attempt_limit(
+    api: ApiClient, database: Database, redis_cluster: RedisSentinelCluster
+) -> None:
+    task_id = api.submit_ok("demo.crash", {"until_attempt": 20})
+    row = wait_ledger(database, task_id, {"DEAD"}, timeout=90)
+    assert int(row["attempts"]) == int(LEDGER_SETTINGS["LEDGER_MAX_ATTEMPTS"]) + 1
+    listed = api.get("/api/v1/dead-letters?limit=500").json()
+    assert task_id in [item["id"] for item in listed]
+    dead_messages = sum(
+        redis_cluster.master_client().llen(k) for k in queue_keys(redis_cluster, "dead")
+    )
+    assert dead_messages >= 1
+
+
+@pytest.mark.reliability("R02")
+def test_a_task_whose_process_died_is_run_again_and_succeeds(
+    api: ApiClient, database: Database
+) -> None:
+    task_id = api.submit_ok("demo.crash", {"until_attempt": 2})
+    row = wait_ledger(database, task_id, {"SUCCEEDED"}, timeout=60)
+    assert row["attempts"] == "2"
+
+
+@pytest.mark.reliability("R14")
+def test_a_dead_letter_is_replayed_as_a_fresh_attempt(api: ApiClient, database: Database) -> None:
+    dead_id = api.submit_ok("demo.fail", {"reason": "always"})
+    wait_ledger(database, dead_id, {"DEAD"}, timeout=60)
+    replay = api.http.post(f"/api/v1/dead-letters/{dead_id}/replay")
+    assert replay.status_code == 202, replay.text
+    fresh_id = replay.json()["id"]
+    assert fresh_id != dead_id
+    row = wait_ledger(database, fresh_id, {"DEAD"}, timeout=60)
+    assert row["replay_of"] == dead_id
+    assert ledger(database, dead_id)["state"] == "DEAD"  # history kept
+    again = api.http.post(f"/api/v1/tasks/{fresh_id}/replay")
+    assert again.status_code in {404, 405}
+    not_dead = api.submit_ok("demo.echo", {"message": "fine"})
+    wait_ledger(database, not_dead, {"SUCCEEDED"})
+    assert api.http.post(f"/api/v1/dead-letters/{not_dead}/replay").status_code == 409
+
+
+@pytest.mark.reliability("R34")
+def test_reconcile_redispatches_a_message_lost_behind_the_ledger(
+    api: ApiClient, stack: Stack, database: Database, redis_cluster: RedisSentinelCluster
+) -> None:
+    worker = stack.worker("default")
+    with worker.supervision_paused():
+        worker.kill(signal.SIGTERM, group=False)
+        worker.wait_for_exit(30)
+        task_id = api.submit_ok("demo.record_effect", {"key": "lost-in-failover"})
+        assert ledger(database, task_id)["state"] == "PUBLISHED"
+        # What a failover can do: the acknowledged write never reached the new master.
+        client = redis_cluster.master_client()
+        keys = queue_keys(redis_cluster, "default")
+        assert sum(client.llen(key) for key in keys) >= 1
+        client.delete(*keys)
+        wait_until(
+            lambda: int(ledger(database, task_id)["dispatches"]) >= 2,
+            timeout=30,
+            what="reconcile did not re-dispatch the lost task",
+        )
+    # Supervision restarts the worker on leaving the block.
+    stack.wait_worker_ready("worker-default")
+    wait_ledger(database, task_id, {"SUCCEEDED"})
+    assert effects(database, task_id) == 1
+    assert "ledger_redispatches_total" in api.metrics()
+
+
+@pytest.mark.reliability("R29", "R30")
+def test_two_beats_run_a_schedule_edited_at_run_time_once(stack: Stack, database: Database) -> None:
+    second_beat = stack.start_extra("beat")
+    try:
+        every = 2.0
+        run_command(
+            [
+                str(venv_bin() / "python"),
+                "-m",
+                f"{stack.package}.ledger.cli",
+                "periodic",
+                "set",
+                "probe",
+                "demo.record_effect",
+                "--every",
+                str(every),
+                "--kwargs",
+                json.dumps({"key": "beat-probe"}),
+            ],
+            env=stack.env,
+            cwd=stack.run_dir,
+        )
+        wait_until(lambda: effects(database, key="beat-probe") >= 1, 20, "the new entry never ran")
+        start, first = time.monotonic(), effects(database, key="beat-probe")
+        time.sleep(12)
+        elapsed, runs = time.monotonic() - start, effects(database, key="beat-probe") - first
+        expected = elapsed / every
+        # Two schedulers would double this; margins for start-up and reload jitter.
+        assert expected - 3 <= runs <= expected + 1, (runs, expected)
+    finally:
+        second_beat.stop()
+
+
+@pytest.mark.reliability("R33", "R34")
+def test_broker_down_at_submit_is_accepted_as_queued_and_runs_once_it_is_back(
+    api: ApiClient, database: Database, redis_cluster: RedisSentinelCluster
+) -> None:
+    nodes = [redis_cluster.master(), *redis_cluster.replicas()]
+    for node in nodes:
+        node.process.kill(signal.SIGKILL)
+        node.process.wait_for_exit(10)
+    try:
+        response = api.submit("demo.record_effect", {"key": "broker-down"})
+        assert response.status_code == 202, response.text
+        assert response.json()["state"] == "QUEUED"
+        task_id = response.json()["id"]
+        assert ledger(database, task_id)["state"] == "QUEUED"
+    finally:
+        for node in nodes:
+            node.process.respawn()
+    redis_cluster.wait_healthy(timeout=60)
+    wait_ledger(database, task_id, {"SUCCEEDED"}, timeout=90)
+    assert effects(database, task_id) == 1
