@@ -26,8 +26,10 @@ COMMAND_TIMEOUT = 1200
 
 # Environment of the test runner that must not leak into a baked project's commands.
 LEAKY_PREFIXES = ("PYTEST_", "COV_CORE_")
-LEAKY_NAMES = ("VIRTUAL_ENV", "UV_PROJECT_ENVIRONMENT", "PYTHONPATH", "PYTHONHOME")
-LEAKY_NAMES += ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")
+LEAKY_NAMES = (
+    *("VIRTUAL_ENV", "UV_PROJECT_ENVIRONMENT", "PYTHONPATH", "PYTHONHOME"),
+    *("MAKEFLAGS", "MFLAGS", "MAKELEVEL"),
+)
 
 
 def combo_params(combos: tuple[Combo, ...] = SUPPORTED) -> list[object]:

@@ -1,0 +1,205 @@
+"""Small helpers of the chaos scenarios: ledger reads, worker-log events, raw Redis."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from typing import Any, TypeVar, cast
+
+import pytest
+import redis as redis_py
+
+from tests.harness.databases import Database
+from tests.harness.processes import SupervisedProcess, run_command
+from tests.harness.redis import RedisSentinelCluster, StandaloneRedis
+from tests.harness.stack import Stack, venv_bin
+
+T = TypeVar("T")
+
+# kombu keeps one Redis list per priority step: "default", "default\x06\x165", ...
+PRIORITY_SEPARATOR = b"\x06\x16"
+LEDGER_COLUMNS = (
+    "state",
+    "attempts",
+    "dispatches",
+    "worker",
+    "last_error",
+    "created_at",
+    "published_at",
+    "started_at",
+    "finished_at",
+)
+
+
+# --- waiting ----------------------------------------------------------------------------
+
+
+def wait_until(check: Callable[[], T | None], timeout: float, what: str, step: float = 0.2) -> T:
+    """Call check() until it returns something truthy; returns it or raises TimeoutError."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} (after {timeout:.0f} s)")
+        time.sleep(step)
+
+
+# --- ledger -------------------------------------------------------------------------------
+
+
+def parse_time(text: str | None) -> datetime | None:
+    """A timestamp as the database client prints it (naive UTC in the ledger)."""
+    if not text or text in {"NULL", "None"}:
+        return None
+    return datetime.fromisoformat(text.strip().replace("T", " ")[:26])
+
+
+def ledger(database: Database, task_id: str) -> dict[str, str]:
+    rows = database.query(
+        f"SELECT {', '.join(LEDGER_COLUMNS)} FROM task_ledger WHERE id = '{task_id}'"
+    )
+    assert rows, f"no ledger row for {task_id}"
+    return dict(zip(LEDGER_COLUMNS, rows[0], strict=True))
+
+
+def ledger_rows(database: Database, task_ids: list[str]) -> dict[str, dict[str, str]]:
+    """Ledger rows of many tasks at once, by id."""
+    found: dict[str, dict[str, str]] = {}
+    for start in range(0, len(task_ids), 200):
+        chunk = task_ids[start : start + 200]
+        listed = ", ".join(f"'{task_id}'" for task_id in chunk)
+        rows = database.query(
+            f"SELECT id, {', '.join(LEDGER_COLUMNS)} FROM task_ledger WHERE id IN ({listed})"
+        )
+        for row in rows:
+            found[row[0]] = dict(zip(LEDGER_COLUMNS, row[1:], strict=True))
+    return found
+
+
+def wait_ledger(
+    database: Database, task_id: str, states: set[str], timeout: float = 60
+) -> dict[str, str]:
+    def reached() -> dict[str, str] | None:
+        row = ledger(database, task_id)
+        return row if row["state"] in states else None
+
+    try:
+        return wait_until(reached, timeout, f"task {task_id} not in {states}", step=0.25)
+    except TimeoutError as exc:
+        raise TimeoutError(f"{exc}: {ledger(database, task_id)}") from None
+
+
+def effect_counts(database: Database, task_ids: list[str]) -> dict[str, int]:
+    """How many demo_effects rows each task wrote (absent = 0)."""
+    counts = dict.fromkeys(task_ids, 0)
+    for start in range(0, len(task_ids), 200):
+        listed = ", ".join(f"'{task_id}'" for task_id in task_ids[start : start + 200])
+        rows = database.query(
+            f"SELECT task_id, COUNT(*) FROM demo_effects WHERE task_id IN ({listed})"
+            " GROUP BY task_id"
+        )
+        for task_id, count in rows:
+            counts[task_id] = int(count)
+    return counts
+
+
+def effects(database: Database, task_id: str) -> int:
+    return effect_counts(database, [task_id])[task_id]
+
+
+def effect_times(database: Database, task_ids: list[str]) -> dict[str, datetime]:
+    """When each task's side effect was committed (demo_effects.created_at)."""
+    listed = ", ".join(f"'{task_id}'" for task_id in task_ids)
+    rows = database.query(
+        f"SELECT task_id, created_at FROM demo_effects WHERE task_id IN ({listed})"
+    )
+    return {task_id: cast(datetime, parse_time(created)) for task_id, created in rows}
+
+
+# --- worker logs --------------------------------------------------------------------------
+
+
+def log_events(process: SupervisedProcess, since: int = 0) -> Iterator[dict[str, Any]]:
+    """The JSON log records of a process (other lines, e.g. Celery's banner, skipped)."""
+    for line in process.log_text(since).splitlines():
+        if not line.startswith("{"):
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            yield record
+
+
+def event_times(
+    process: SupervisedProcess, task_id: str, event: str, since: int = 0
+) -> list[datetime]:
+    """Timestamps of a task's log records with this `event` (task_started, task_retry...)."""
+    return [
+        datetime.strptime(record["timestamp"], "%Y-%m-%d %H:%M:%S,%f")
+        for record in log_events(process, since)
+        if record.get("task_id") == task_id and record.get("event") == event
+    ]
+
+
+# --- Redis --------------------------------------------------------------------------------
+
+
+def redis_client(stack: Stack, db: int = 0, **options: Any) -> redis_py.Redis:
+    """A client of the current master (db 0 = broker, db 1 = results)."""
+    deployment = stack.redis
+    if isinstance(deployment, RedisSentinelCluster):
+        return deployment.master().client(db=db, **options)
+    if isinstance(deployment, StandaloneRedis):
+        return deployment.node.client(db=db, **options)
+    raise TypeError(f"unknown Redis deployment {deployment!r}")
+
+
+def sentinel_cluster(stack: Stack) -> RedisSentinelCluster:
+    """The stack's Sentinel cluster, or a skip naming why (a standalone project)."""
+    if not isinstance(stack.redis, RedisSentinelCluster):
+        pytest.skip("project generated with REDIS_MODE=standalone: no Sentinel to fail over")
+    return stack.redis
+
+
+def queue_keys(client: redis_py.Redis, queue: str) -> list[bytes]:
+    """The Redis lists of a queue: one per priority step."""
+    name = queue.encode()
+    keys = cast(list[bytes], client.keys(f"{queue}*"))
+    return [key for key in keys if key == name or key.startswith(name + PRIORITY_SEPARATOR)]
+
+
+def queue_length(client: redis_py.Redis, queue: str) -> int:
+    """R43: the backlog of a queue, by LLEN over its priority lists."""
+    return sum(int(client.llen(key)) for key in queue_keys(client, queue))
+
+
+# --- processes ----------------------------------------------------------------------------
+
+
+def run_python(stack: Stack, code: str) -> str:
+    """Run a snippet with the stack's environment (the project's settings and app)."""
+    return run_command(
+        [str(venv_bin() / "python"), "-c", code], env=stack.env, cwd=stack.run_dir, timeout=60
+    )
+
+
+def stop_for_good(process: SupervisedProcess, timeout: float = 30) -> None:
+    """Warm-stop the current incarnation of a supervised process (supervision paused)."""
+    import signal
+
+    process.kill(signal.SIGTERM, group=False)
+    process.wait_for_exit(timeout)
+
+
+def restart_and_wait(stack: Stack, name: str, restarts_before: int, timeout: float = 60) -> None:
+    """After resuming supervision: the process came back and (a worker) consumes again."""
+    process = stack.processes[name]
+    process.wait_for_restart(restarts_before, timeout)
+    if name.startswith("worker-"):
+        stack.wait_worker_ready(name, timeout)

@@ -1,0 +1,333 @@
+"""The headline: the Redis master dies (again and again) under a stream of submissions, and
+nothing the API accepted is lost or done twice (R17, R31, with R21, R33, R34 behind it).
+
+A producer thread POSTs `demo.record_effect` through the API without pause while the
+master is SIGKILLed; the sentinels promote the replica, the old master comes back as a
+replica, next round. Workers are supervised like containers (restart: always): kombu
+5.7 can exit on a failover ("'NoneType' object has no attribute 'hostname'", see
+FIELD-NOTES), and the restart counts are reported, not hidden. The ledger's reconcile job
+runs every 2 s and re-publishes rows stuck PUBLISHED for 10 s (a message acknowledged by
+the old master but never replicated).
+
+Also here: a sentinel down (2 of 3 still reach the quorum), and a paused master that
+accepts connections but answers nothing (the API must answer anyway).
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.chaos.conftest import ChaosResults
+from tests.chaos.helpers import (
+    effect_counts,
+    ledger_rows,
+    parse_time,
+    sentinel_cluster,
+    wait_ledger,
+    wait_until,
+)
+from tests.harness.api import ApiClient
+from tests.harness.databases import Database
+from tests.harness.redis import RedisSentinelCluster
+from tests.harness.stack import TEST_SETTINGS, Stack, StackOptions
+
+API_TIMEOUT = int(TEST_SETTINGS["API_TIMEOUT"])
+SETTINGS = {
+    "RECONCILE_INTERVAL": "2",
+    "RECONCILE_QUEUED_AFTER": "3",
+    "RECONCILE_PUBLISHED_AFTER": "10",
+    "BEAT_RELOAD_INTERVAL": "1",
+    "BEAT_LEASE_SECONDS": "10",
+}
+KOMBU_CRASH = "'NoneType' object has no attribute 'hostname'"
+PAUSE_MS = 10_000
+
+
+@pytest.fixture(scope="module")
+def stack_options() -> StackOptions:
+    # `high` runs the reconcile job (routed by the ledger.* glob); no Flower needed.
+    return StackOptions(env=dict(SETTINGS), groups=("high", "default"), flower=False)
+
+
+@pytest.fixture(scope="module")
+def cluster(stack: Stack) -> RedisSentinelCluster:
+    return sentinel_cluster(stack)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+@dataclass
+class Submission:
+    sent: float  # monotonic
+    answered: float
+    status: int | None
+    task_id: str | None = None
+    state: str | None = None  # PUBLISHED, or QUEUED when the broker did not take it
+    error: str | None = None
+
+
+class Producer(threading.Thread):
+    """Submits tasks through the API one after the other until stopped."""
+
+    def __init__(self, stack: Stack, prefix: str, pace: float = 0.1) -> None:
+        super().__init__(name=f"producer-{prefix}", daemon=True)
+        self.client = stack.api_client(timeout=API_TIMEOUT + 15)
+        self.prefix = prefix
+        self.pace = pace
+        self.submissions: list[Submission] = []
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        number = 0
+        while not self._halt.is_set():
+            sent = time.monotonic()
+            key = f"{self.prefix}-{number}"
+            try:
+                response = self.client.submit("demo.record_effect", {"key": key})
+            except httpx.HTTPError as exc:
+                self.submissions.append(
+                    Submission(sent, time.monotonic(), None, error=f"{type(exc).__name__}: {exc}")
+                )
+            else:
+                accepted = response.status_code == 202
+                self.submissions.append(
+                    Submission(
+                        sent,
+                        time.monotonic(),
+                        response.status_code,
+                        task_id=response.json()["id"] if accepted else None,
+                        state=response.json()["state"] if accepted else None,
+                        error=None if accepted else response.text[:300],
+                    )
+                )
+            number += 1
+            self._halt.wait(self.pace)
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(API_TIMEOUT + 20)
+        self.client.close()
+
+    def accepted(self, after: float = 0.0) -> list[Submission]:
+        return [s for s in list(self.submissions) if s.task_id is not None and s.sent >= after]
+
+
+def kombu_crashes(stack: Stack) -> int:
+    return sum(stack.processes[name].log_text().count(KOMBU_CRASH) for name in stack.worker_names)
+
+
+def wait_first_success_after(
+    database: Database, producer: Producer, after: float, timeout: float = 90
+) -> datetime:
+    """Finish time (ledger, UTC) of the first task submitted after `after` that succeeded."""
+
+    def first_finish() -> datetime | None:
+        ids = [s.task_id for s in producer.accepted(after) if s.task_id][:40]
+        if not ids:
+            return None
+        rows = ledger_rows(database, ids)
+        finished = [
+            parse_time(row["finished_at"]) for row in rows.values() if row["state"] == "SUCCEEDED"
+        ]
+        return min((f for f in finished if f is not None), default=None)
+
+    return wait_until(first_finish, timeout, "no task submitted after the kill succeeded", 0.25)
+
+
+def settle(
+    database: Database, task_ids: list[str], timeout: float
+) -> tuple[dict[str, dict[str, str]], dict[str, int]]:
+    """Wait until every task is SUCCEEDED (or the timeout); returns rows and effect counts."""
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = ledger_rows(database, task_ids)
+        done = all(rows.get(t, {}).get("state") == "SUCCEEDED" for t in task_ids)
+        if done or time.monotonic() > deadline:
+            return rows, effect_counts(database, task_ids)
+        time.sleep(1)
+
+
+def run_failovers(
+    stack: Stack,
+    cluster: RedisSentinelCluster,
+    database: Database,
+    rounds: int,
+    chaos_results: ChaosResults,
+    scenario: str,
+) -> None:
+    restarts_before = stack.restarts()
+    crashes_before = kombu_crashes(stack)
+    producer = Producer(stack, prefix=scenario.replace(" ", "-"))
+    producer.start()
+    switch_seconds: list[float] = []
+    recovery_seconds: list[float] = []
+    try:
+        for _ in range(rounds):
+            cluster.wait_healthy(timeout=60)
+            wait_until(lambda: len(producer.accepted(time.monotonic() - 2)) >= 3, 30, "no load")
+            killed_wall, killed = utcnow(), time.monotonic()
+            old = cluster.kill_master()
+            cluster.wait_for_failover(old, timeout=30)
+            switch_seconds.append(round(time.monotonic() - killed, 2))
+            first = wait_first_success_after(database, producer, killed)
+            recovery_seconds.append(round((first - killed_wall).total_seconds(), 2))
+            cluster.restart_node(old)
+        cluster.wait_healthy(timeout=60)
+        # Some traffic on the final topology too.
+        after_last = time.monotonic()
+        wait_until(lambda: len(producer.accepted(after_last)) >= 5, 60, "producer stalled")
+    finally:
+        producer.stop()
+
+    submissions = list(producer.submissions)
+    accepted = [s.task_id for s in submissions if s.task_id is not None]
+    refused = [s for s in submissions if s.status is not None and s.status != 202]
+    failed = [s for s in submissions if s.status is None]
+    rows, counts = settle(database, accepted, timeout=120)
+    lost = [t for t in accepted if rows.get(t, {}).get("state") != "SUCCEEDED"]
+    duplicated = [t for t in accepted if counts[t] > 1]
+    missing_effect = [t for t in accepted if counts[t] == 0]
+    restarts_after = stack.restarts()
+    worker_restarts = {
+        name: restarts_after[name] - restarts_before.get(name, 0)
+        for name in restarts_after
+        if name.startswith("worker-")
+    }
+    numbers: dict[str, Any] = {
+        "failovers": rounds,
+        "submitted": len(submissions),
+        "accepted": len(accepted),
+        "accepted_as_queued": sum(1 for s in submissions if s.state == "QUEUED"),
+        "redispatched_by_reconcile": sum(
+            1 for t in accepted if int(rows.get(t, {}).get("dispatches") or 0) > 1
+        ),
+        "refused_503": sum(1 for s in refused if s.status == 503),
+        "transport_errors": len(failed),
+        "succeeded": len(accepted) - len(lost),
+        "lost": len(lost),
+        "duplicated": len(duplicated),
+        "worker_restarts": worker_restarts,
+        "kombu_hostname_crashes": kombu_crashes(stack) - crashes_before,
+        "sentinel_switch_seconds": switch_seconds,
+        "kill_to_first_success_seconds": recovery_seconds,
+        "slowest_submit_seconds": round(max(s.answered - s.sent for s in submissions), 2),
+    }
+    chaos_results.record(scenario, **numbers)
+
+    assert not lost, f"accepted but not SUCCEEDED: {[(t, rows.get(t)) for t in lost[:10]]}"
+    assert not duplicated, f"side effect repeated: {duplicated[:10]}"
+    assert not missing_effect, missing_effect[:10]
+    assert not failed, [s.error for s in failed[:5]]
+    # Anything refused says why (503 with a reason), never a 500 or a hang.
+    assert all(s.status == 503 and s.error for s in refused), [
+        (s.status, s.error) for s in refused[:5]
+    ]
+    assert len(refused) <= rounds, "at most one refusal per failover"
+    assert max(s.answered - s.sent for s in submissions) < API_TIMEOUT
+    assert len(recovery_seconds) == rounds
+    assert all(seconds < 60 for seconds in recovery_seconds), recovery_seconds
+
+
+@pytest.mark.reliability("R17", "R31", "R21", "R33", "R34")
+@pytest.mark.parametrize(
+    "rounds",
+    [pytest.param(5, id="5-failovers"), pytest.param(15, id="15-failovers", marks=pytest.mark.slow)],
+)
+def test_no_accepted_task_is_lost_or_repeated_across_master_failovers(
+    stack: Stack,
+    cluster: RedisSentinelCluster,
+    database: Database,
+    chaos_results: ChaosResults,
+    rounds: int,
+) -> None:
+    run_failovers(stack, cluster, database, rounds, chaos_results, f"failover x{rounds}")
+
+
+@pytest.mark.reliability("R31")
+def test_two_of_three_sentinels_still_fail_over(
+    stack: Stack,
+    cluster: RedisSentinelCluster,
+    api: ApiClient,
+    database: Database,
+    chaos_results: ChaosResults,
+) -> None:
+    cluster.wait_healthy(timeout=60)
+    sentinel = cluster.sentinels[0].process
+    with sentinel.supervision_paused():
+        sentinel.kill(signal.SIGKILL)
+        sentinel.wait_for_exit(10)
+        killed = time.monotonic()
+        old = cluster.kill_master()
+        new = cluster.wait_for_failover(old, timeout=40)
+        switched = time.monotonic() - killed
+        assert new != old
+        task_id = api.submit_ok("demo.record_effect", {"key": "quorum-of-two"})
+        wait_ledger(database, task_id, {"SUCCEEDED"}, timeout=60)
+        cluster.restart_node(old)
+    cluster.wait_healthy(timeout=60)
+    assert effect_counts(database, [task_id])[task_id] == 1
+    chaos_results.record("sentinel down", switch_seconds=round(switched, 2))
+
+
+@pytest.mark.reliability("R17", "R31")
+def test_a_paused_master_does_not_hang_the_api(
+    stack: Stack,
+    cluster: RedisSentinelCluster,
+    api: ApiClient,
+    database: Database,
+    chaos_results: ChaosResults,
+) -> None:
+    """CLIENT PAUSE on the master: connections are accepted, no command is answered for
+    10 s (like a half-open or stalled server). A submission still answers within
+    API_TIMEOUT (202, or 503 with a reason), /readyz says 503 with the reason within its
+    budget, and everything works again afterwards (the sentinels may fail over
+    meanwhile)."""
+    cluster.wait_healthy(timeout=60)
+    with cluster.master().client(socket_timeout=2) as admin:
+        assert admin.execute_command("CLIENT", "PAUSE", PAUSE_MS, "ALL")
+    paused = time.monotonic()
+
+    ready = api.get("/readyz")
+    ready_seconds = time.monotonic() - paused
+
+    submit_started = time.monotonic()
+    response = api.submit("demo.record_effect", {"key": "paused-master"})
+    submit_seconds = time.monotonic() - submit_started
+
+    assert submit_seconds < API_TIMEOUT
+    assert response.status_code in {202, 503}, response.text
+    if response.status_code == 503:
+        assert response.json().get("detail"), response.text
+    if ready_seconds < PAUSE_MS / 1000:
+        assert ready.status_code == 503, ready.text  # answered while the pause lasted
+    if ready.status_code == 503:
+        reasons = [v for v in ready.json().values() if v != "ok"]
+        assert reasons
+        assert all(re.match(r"unreachable: \w+", reason) for reason in reasons), reasons
+
+    wait_until(lambda: time.monotonic() - paused > PAUSE_MS / 1000, 15, "pause not over")
+    cluster.wait_healthy(timeout=60)
+    stack.wait_api_ready(timeout=60)
+    if response.status_code == 202:
+        wait_ledger(database, response.json()["id"], {"SUCCEEDED"}, timeout=90)
+    after = api.submit_ok("demo.record_effect", {"key": "after-pause"})
+    wait_ledger(database, after, {"SUCCEEDED"}, timeout=90)
+    chaos_results.record(
+        "paused master",
+        readyz_status=ready.status_code,
+        readyz_seconds=round(ready_seconds, 2),
+        readyz_body=ready.json(),
+        submit_status=response.status_code,
+        submit_seconds=round(submit_seconds, 2),
+    )
