@@ -62,6 +62,9 @@ UNSUPPORTED = (
     ),
 )
 
+# Soft keywords of every supported Python (3.11-3.13), whatever Python runs this hook.
+SOFT_KEYWORDS = frozenset({"_", "case", "match", "type"})
+
 SLUG_RE = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 PACKAGE_RE = re.compile(r"^[a-z_][a-z0-9_]*$")
 EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -87,9 +90,11 @@ def problems(answers: dict[str, str]) -> list[str]:
     package = answers["package_name"]
     if not (package.isidentifier() and PACKAGE_RE.match(package)):
         found.append(f"package_name={package!r} is not a lowercase Python identifier")
-    elif keyword.iskeyword(package) or keyword.issoftkeyword(package):
+    elif keyword.iskeyword(package) or package in SOFT_KEYWORDS:
         found.append(f"package_name={package!r} is a Python keyword")
-    elif package in SHADOWED_IMPORTS or package in sys.stdlib_module_names:
+    elif package in sys.stdlib_module_names:
+        found.append(f"package_name={package!r} would shadow the standard-library module")
+    elif package in SHADOWED_IMPORTS:
         found.append(
             f"package_name={package!r} would shadow the {package!r} module the project imports"
         )

@@ -44,6 +44,7 @@ INVALID_ANSWERS = [
         for name in ("celery", "redis", "fastapi", "app", "json")
     ),
     ("package-keyword", ["package_name=class"], ["package_name='class'", "keyword"]),
+    ("package-soft-keyword", ["package_name=match"], ["package_name='match'", "keyword"]),
     ("package-leading-digit", ["package_name=1abc"], ["package_name='1abc'", "identifier"]),
     ("package-hyphen", ["package_name=my-pkg"], ["package_name='my-pkg'", "identifier"]),
     ("timezone", ["timezone=Mars/Olympus_Mons"], ["timezone='Mars/Olympus_Mons'", "IANA"]),

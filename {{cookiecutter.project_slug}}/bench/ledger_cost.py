@@ -87,7 +87,7 @@ def main() -> None:
                 redis=cluster,
                 database=database,
                 workdir=work / "stack",
-                options=StackOptions(groups=("default",), beat=False, flower=False),
+                options=StackOptions(groups=("default",), beat=False{% if cookiecutter.use_flower == "yes" %}, flower=False{% endif %}),
             ) as stack,
         ):
             run(stack, "untracked", 20)  # warm-up

@@ -8,7 +8,7 @@ One job per module:
 - `binaries`: where server binaries are, and skip (locally) or fail (CI=true) without them;
 - `redis`: `RedisSentinelCluster` and `StandaloneRedis`;
 - `databases`: `PostgresServer`, `MariaDBServer`, `SqliteDatabase`, `database_for(kind)`;
-- `stack`: `Stack`, the API, workers, beat and Flower through deploy/entrypoints/*.sh;
+- `stack`: `Stack`, the API, workers, beat{% if cookiecutter.use_flower == "yes" %} and Flower{% endif %} through deploy/entrypoints/*.sh;
 - `api`: `ApiClient`, submit / status / cancel / wait_for_state over HTTP.
 
 tests/integration/conftest.py turns them into pytest fixtures.

@@ -1,7 +1,7 @@
 """The project's own processes, started exactly as deployments start them.
 
 Every process goes through its entrypoint script in deploy/entrypoints/ (worker.sh
-high|default|low, beat.sh, api.sh, flower.sh), configured only through the environment
+high|default|low, beat.sh, api.sh{% if cookiecutter.use_flower == "yes" %}, flower.sh{% endif %}), configured only through the environment
 variables of settings.py, and supervised with a restart policy: workers, beat and the API
 come back when they crash, as they would under Compose or Kubernetes (kombu 5.7 can exit
 on a Sentinel failover; the restart absorbs it, and `restarts()` tells how often).
@@ -13,7 +13,9 @@ on a Sentinel failover; the restart absorbs it, and `restarts()` tells how often
 from __future__ import annotations
 
 import os
+{%- if cookiecutter.use_flower == "yes" %}
 import secrets
+{%- endif %}
 import socket
 import sys
 import threading
@@ -26,7 +28,7 @@ import httpx
 
 from tests.harness.api import ApiClient
 from tests.harness.databases import Database
-from tests.harness.ports import LOOPBACK, free_port, wait_for_port
+from tests.harness.ports import LOOPBACK, free_port{% if cookiecutter.use_flower == "yes" %}, wait_for_port{% endif %}
 from tests.harness.processes import ProcessIdentity, SupervisedProcess, run_command
 from tests.harness.redis import RedisDeployment
 from tests.harness.scratch import ScratchDir
@@ -76,15 +78,16 @@ class StackOptions:
     env: dict[str, str] = field(default_factory=dict)
     groups: tuple[str, ...] = WORKER_GROUPS
     beat: bool = True
-    # None: start Flower when the project ships flower.sh.
-    flower: bool | None = None
+{%- if cookiecutter.use_flower == "yes" %}
+    flower: bool = True
+{%- endif %}
     restart: bool = True
     ready_timeout: float = 60.0
     stop_timeout: float = 20.0
 
 
 class Stack:
-    """API, workers, beat (and Flower) against the given Redis and database."""
+    """API, workers, beat{% if cookiecutter.use_flower == "yes" %} (and Flower){% endif %} against the given Redis and database."""
 
     def __init__(
         self,
@@ -103,8 +106,10 @@ class Stack:
         self.log_dir = self.workdir / "logs"
         (self.run_dir / "tmp").mkdir(parents=True, exist_ok=True)
         self.api_port = free_port()
+{%- if cookiecutter.use_flower == "yes" %}
         self.flower_port: int | None = None
         self.flower_auth = ("admin", secrets.token_urlsafe(12))
+{%- endif %}
         self.package = package_name()
         self.env = self._environment()
         self.processes: dict[str, SupervisedProcess] = {}
@@ -127,31 +132,31 @@ class Stack:
         env.update(self.redis.env())
         env.update(self.database.env())
         env["API_BIND"] = f"{LOOPBACK}:{self.api_port}"
-        env["BEAT_SCHEDULE_FILE"] = str(self.run_dir / "celerybeat-schedule")
+{%- if cookiecutter.use_sentry == "yes" %}
         env["SENTRY_DSN"] = ""
+{%- endif %}
         # Temporary files of the processes stay in the stack's directory.
         env["TMPDIR"] = str(self.run_dir / "tmp")
-        if self.flower_enabled:
+{%- if cookiecutter.use_flower == "yes" %}
+        if self.options.flower:
             self.flower_port = free_port()
             env["FLOWER_PORT"] = str(self.flower_port)
             env["FLOWER_ADDRESS"] = LOOPBACK
             env["FLOWER_BASIC_AUTH"] = ":".join(self.flower_auth)
+{%- endif %}
         env.update(self.options.env)
         return env
-
-    @property
-    def flower_enabled(self) -> bool:
-        present = (ENTRYPOINTS / "flower.sh").exists()
-        wanted = self.options.flower
-        return present if wanted is None else (wanted and present)
 
     @property
     def api_url(self) -> str:
         return f"http://{LOOPBACK}:{self.api_port}"
 
+{%- if cookiecutter.use_flower == "yes" %}
+
     @property
     def flower_url(self) -> str | None:
         return None if self.flower_port is None else f"http://{LOOPBACK}:{self.flower_port}"
+{%- endif %}
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -201,8 +206,10 @@ class Stack:
             # API's only: other processes must not write their metrics there).
             api_env = {"PROMETHEUS_MULTIPROC_DIR": str(self.run_dir / "prometheus")}
             self.processes["api"] = self._entrypoint("api", restart=restart, env=api_env)
-            if self.flower_enabled:
+{%- if cookiecutter.use_flower == "yes" %}
+            if self.options.flower:
                 self.processes["flower"] = self._entrypoint("flower", restart=restart)
+{%- endif %}
             for process in self.processes.values():
                 process.start()
             self.wait_ready(self.options.ready_timeout)
@@ -281,8 +288,10 @@ class Stack:
         for name in self.worker_names:
             self.wait_worker_ready(name, max(deadline - time.monotonic(), 1))
         self.wait_api_ready(max(deadline - time.monotonic(), 1))
+{%- if cookiecutter.use_flower == "yes" %}
         if self.flower_port is not None:
             wait_for_port(self.flower_port, max(deadline - time.monotonic(), 1))
+{%- endif %}
 
     def wait_worker_ready(self, name: str, timeout: float = 60) -> None:
         """Wait for the current incarnation of worker `name` to log that it consumes."""
