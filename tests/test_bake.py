@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from combinations import SUPPORTED
-from conftest import Baked, combo_params, require, run
+from conftest import COMMAND_TIMEOUT, Baked, Result, combo_params, require, run
 
 ALL = pytest.mark.parametrize("combo", combo_params())
 DEFAULT_ONLY = pytest.mark.parametrize("combo", combo_params(SUPPORTED[:1]))
@@ -176,15 +176,49 @@ def test_make_lint_passes(bake, combo) -> None:
 PYTEST_SUMMARY = re.compile(r"^=*\s*(?P<counts>\d+ (?:passed|failed|errors?).*) in [\d.]+s", re.M)
 
 
-@DEFAULT_ONLY
-def test_make_test_unit_passes(bake, combo) -> None:
-    baked = bake(combo)
-    require("make")
-    require("uv")
-    result = run(["make", "test-unit"], cwd=baked.path)
+def assert_passed(result: Result) -> None:
     assert result.returncode == 0, result.explain()
     summaries = PYTEST_SUMMARY.findall(result.output)
     assert summaries, f"no pytest summary line in the output:\n{result.output}"
     counts = summaries[-1]
     assert re.search(r"\b[1-9]\d* passed", counts), f"no test passed: {counts}"
     assert not re.search(r"\d+ (?:failed|errors?)\b", counts), counts
+
+
+@DEFAULT_ONLY
+def test_make_test_unit_passes(bake, combo) -> None:
+    baked = bake(combo)
+    require("make")
+    require("uv")
+    assert_passed(run(["make", "test-unit"], cwd=baked.path))
+
+
+# --- the baked projects' real-process tiers ----------------------------------------------
+# They start Redis, Sentinel, a database server and the project's processes, so they run
+# in their own pass of ci/test.sh (`-m stack`, one at a time): two stacks sharing the two
+# cores would turn timing bounds into noise.
+BY_ID = {combo.id: combo for combo in SUPPORTED}
+# One bake per database answer (the ledger is tested on each), plus one with every
+# optional feature off (the harness without Flower and Sentry).
+INTEGRATION_COMBOS = tuple(
+    BY_ID[name]
+    for name in ("default", "mysql-py312-apache-berlin", "sqlite-nohelm-py313-bsd", "minimal")
+)
+
+
+@pytest.mark.stack
+@pytest.mark.parametrize("combo", combo_params(INTEGRATION_COMBOS))
+def test_make_test_integration_passes(bake, combo) -> None:
+    baked = bake(combo)
+    require("make")
+    require("uv")
+    assert_passed(run(["make", "test-integration"], cwd=baked.path))
+
+
+@pytest.mark.stack
+@DEFAULT_ONLY
+def test_make_test_chaos_passes(bake, combo) -> None:
+    baked = bake(combo)
+    require("make")
+    require("uv")
+    assert_passed(run(["make", "test-chaos"], cwd=baked.path, timeout=COMMAND_TIMEOUT * 2))
