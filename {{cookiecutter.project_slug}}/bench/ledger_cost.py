@@ -87,7 +87,7 @@ def main() -> None:
                 redis=cluster,
                 database=database,
                 workdir=work / "stack",
-                options=StackOptions(groups=("default",), beat=False{% if cookiecutter.use_flower == "yes" %}, flower=False{% endif %}),
+                options=StackOptions(groups=("default",), beat=False),
             ) as stack,
         ):
             run(stack, "untracked", 20)  # warm-up

@@ -79,7 +79,8 @@ class StackOptions:
     groups: tuple[str, ...] = WORKER_GROUPS
     beat: bool = True
 {%- if cookiecutter.use_flower == "yes" %}
-    flower: bool = True
+    # Flower is opt-in: only the tests about it pay for its start-up.
+    flower: bool = False
 {%- endif %}
     restart: bool = True
     ready_timeout: float = 60.0

@@ -81,7 +81,7 @@ def test_teardown_leaves_no_process_running(tmp_path: Path, database_kind: str) 
     """A whole stack (Redis + Sentinel, database, worker, API) started and torn down by the
     same context managers the fixtures use: none of the PIDs it ever had survives."""
     seen: set[ProcessIdentity] = set()
-    options = StackOptions(groups=("default",), beat=False{% if cookiecutter.use_flower == "yes" %}, flower=False{% endif %})
+    options = StackOptions(groups=("default",), beat=False)
     with (
         RedisSentinelCluster(tmp_path / "redis") as cluster,
         database_for(database_kind, tmp_path / "db") as database,
