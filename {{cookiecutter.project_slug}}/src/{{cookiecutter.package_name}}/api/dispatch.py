@@ -8,10 +8,13 @@ and the API answers 503.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 
 from celery import Celery
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from {{ cookiecutter.package_name }}.api.catalog import SubmissionRejected, TaskCatalog
 from {{ cookiecutter.package_name }}.api.schemas import TaskSubmission
@@ -20,7 +23,7 @@ from {{ cookiecutter.package_name }}.ledger.models import TaskRecord
 from {{ cookiecutter.package_name }}.ledger.publish import BROKER_ERRORS, enqueue
 from {{ cookiecutter.package_name }}.settings import Settings
 
-__all__ = ["BROKER_ERRORS", "BrokerUnavailable", "LedgerUnavailable", "dispatch"]
+__all__ = ["BROKER_ERRORS", "BrokerUnavailable", "LedgerUnavailable", "dispatch", "ledger_session"]
 
 
 class BrokerUnavailable(Exception):
@@ -28,7 +31,17 @@ class BrokerUnavailable(Exception):
 
 
 class LedgerUnavailable(Exception):
-    """The ledger database did not take the row: 503, and nothing was published."""
+    """The ledger database did not answer: 503 (and on submit, nothing was published)."""
+
+
+@contextmanager
+def ledger_session() -> Iterator[Session]:
+    """A ledger transaction whose database errors become LedgerUnavailable (503)."""
+    try:
+        with session_scope() as session:
+            yield session
+    except SQLAlchemyError as exc:
+        raise LedgerUnavailable(f"ledger database unreachable: {type(exc).__name__}") from exc
 
 
 def dispatch(
@@ -38,25 +51,22 @@ def dispatch(
     submission: TaskSubmission,
     request_id: str | None,
 ) -> TaskRecord:
+    """Validate, then commit the row and publish after the commit."""
     task = catalog.task(submission.name)
     kwargs = catalog.validate(submission.name, submission.args, submission.kwargs)
     _refuse_long_delays(submission, settings)
-    try:
-        with session_scope() as session:
-            record = enqueue(
-                session,
-                app,
-                task.name,
-                kwargs,
-                queue=submission.queue,
-                countdown=submission.countdown,
-                eta=submission.eta,
-                priority=submission.priority,
-                request_id=request_id,
-            )
-    except SQLAlchemyError as exc:
-        raise LedgerUnavailable(f"ledger database unreachable: {type(exc).__name__}") from exc
-    return record
+    with ledger_session() as session:
+        return enqueue(
+            session,
+            app,
+            task.name,
+            kwargs,
+            queue=submission.queue,
+            countdown=submission.countdown,
+            eta=submission.eta,
+            priority=submission.priority,
+            request_id=request_id,
+        )
 
 
 def _refuse_long_delays(submission: TaskSubmission, settings: Settings) -> None:

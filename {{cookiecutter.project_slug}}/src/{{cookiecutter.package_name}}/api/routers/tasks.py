@@ -8,7 +8,6 @@ from typing import Annotated, Any
 from celery import Celery, states
 from celery.result import AsyncResult
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
-from sqlalchemy.exc import SQLAlchemyError
 
 from {{ cookiecutter.package_name }}.api.catalog import SubmissionRejected, TaskCatalog
 from {{ cookiecutter.package_name }}.api.dispatch import (
@@ -16,6 +15,7 @@ from {{ cookiecutter.package_name }}.api.dispatch import (
     BrokerUnavailable,
     LedgerUnavailable,
     dispatch,
+    ledger_session,
 )
 from {{ cookiecutter.package_name }}.api.metrics import TASKS_SUBMITTED
 from {{ cookiecutter.package_name }}.api.schemas import (
@@ -25,7 +25,6 @@ from {{ cookiecutter.package_name }}.api.schemas import (
     TaskStatus,
     TaskSubmission,
 )
-from {{ cookiecutter.package_name }}.ledger.db import session_scope
 from {{ cookiecutter.package_name }}.ledger.models import FINAL_STATES, TaskRecord, TaskState
 from {{ cookiecutter.package_name }}.ledger.tracking import mark
 from {{ cookiecutter.package_name }}.observability.logging import request_id_var
@@ -86,15 +85,7 @@ def submit_task(
         TASKS_SUBMITTED.labels(submission.name, "ledger_unavailable").inc()
         raise
     TASKS_SUBMITTED.labels(record.name, record.state.lower()).inc()
-    status_url = str(request.url_for("get_task", task_id=record.id))
-    response.headers["Location"] = status_url
-    return TaskAccepted(
-        id=record.id,
-        name=record.name,
-        queue=record.queue,
-        state=record.state,
-        status_url=status_url,
-    )
+    return accepted(request, response, record)
 
 
 @router.get(
@@ -163,24 +154,27 @@ def cancel_task(task_id: uuid.UUID, app: CeleryDep) -> TaskCancelled:
     except BROKER_ERRORS as exc:
         raise BrokerUnavailable(f"broker unreachable: {exc}") from exc
     if not running:
-        _mark_revoked(key)
+        with ledger_session() as session:
+            mark(session, key, TaskState.REVOKED, "revoked through the API")
     return TaskCancelled(id=key, action="abort_requested" if running else "revoked")
 
 
+def accepted(request: Request, response: Response, record: TaskRecord) -> TaskAccepted:
+    """202 body for a ledger row, with its status URL (also in the Location header)."""
+    status_url = str(request.url_for("get_task", task_id=record.id))
+    response.headers["Location"] = status_url
+    return TaskAccepted(
+        id=record.id,
+        name=record.name,
+        queue=record.queue,
+        state=record.state,
+        status_url=status_url,
+    )
+
+
 def _ledger_row(task_id: str) -> TaskRecord | None:
-    try:
-        with session_scope() as session:
-            return session.get(TaskRecord, task_id)
-    except SQLAlchemyError as exc:
-        raise LedgerUnavailable(f"ledger database unreachable: {type(exc).__name__}") from exc
-
-
-def _mark_revoked(task_id: str) -> None:
-    try:
-        with session_scope() as session:
-            mark(session, task_id, TaskState.REVOKED, "revoked through the API")
-    except SQLAlchemyError as exc:
-        raise LedgerUnavailable(f"ledger database unreachable: {type(exc).__name__}") from exc
+    with ledger_session() as session:
+        return session.get(TaskRecord, task_id)
 
 
 def _error(exc: BaseException) -> TaskError:
