@@ -10,8 +10,9 @@ Measured numbers (failover rounds, accepted/succeeded/lost/duplicated tasks, wor
 restarts, recovery seconds) are printed, listed in the terminal summary and written to
 tests/chaos/results/last-run.json (git-ignored).
 
-Long repetitions carry the `slow` marker: `pytest tests/chaos -m "not slow"` is the quick
-run, `make test-chaos` runs everything.
+Long repetitions carry the `slow` marker (15 failovers instead of 5). `make test-chaos`
+leaves them out (`-m "not slow"`, under 10 minutes on 2 cores); `make test-chaos
+CHAOS_MARKERS=` or `pytest tests/chaos` runs them too.
 """
 
 from __future__ import annotations

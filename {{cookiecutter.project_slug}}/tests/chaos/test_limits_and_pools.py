@@ -8,6 +8,7 @@ pool (WORKER_LOW_POOL, gevent unless overridden).
 
 from __future__ import annotations
 
+import itertools
 import re
 import time
 
@@ -32,7 +33,7 @@ SETTINGS = {
 
 @pytest.fixture(scope="module")
 def stack_options() -> StackOptions:
-    return StackOptions(env=dict(SETTINGS), groups=("default", "low"), beat=False, flower=False)
+    return StackOptions(env=dict(SETTINGS), groups=("default", "low"), beat=False)
 
 
 def low_pool(stack: Stack) -> str:
@@ -60,7 +61,7 @@ def child_changes(api: ApiClient, worker: SupervisedProcess, tasks: int, **optio
         task_id = api.submit_ok("demo.echo", {"message": f"r18-{n}"}, **options)
         api.wait_for_state(task_id, "SUCCESS", timeout=30)
         seen.append(settled_children(worker))
-    return sum(1 for before, after in zip(seen, seen[1:], strict=False) if before != after)
+    return sum(1 for before, after in itertools.pairwise(seen) if before != after)
 
 
 @pytest.mark.reliability("R18")

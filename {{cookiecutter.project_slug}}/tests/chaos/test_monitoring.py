@@ -39,15 +39,23 @@ SETTINGS = {
 
 @pytest.fixture(scope="module")
 def stack_options() -> StackOptions:
+{%- if cookiecutter.use_flower == "yes" %}
+    return StackOptions(env=dict(SETTINGS), flower=True)
+{%- else %}
     return StackOptions(env=dict(SETTINGS))
+{%- endif %}
 
 
 @pytest.fixture(scope="module")
 def flower(stack: Stack) -> Iterator[httpx.Client]:
-    if not stack.flower_enabled or stack.flower_url is None:
-        pytest.skip("project generated without Flower (use_flower=no)")
+    """Flower's HTTP API with the stack's basic-auth credentials."""
+{%- if cookiecutter.use_flower == "yes" %}
+    assert stack.flower_url is not None
     with httpx.Client(base_url=stack.flower_url, auth=stack.flower_auth, timeout=20) as client:
         yield client
+{%- else %}
+    pytest.skip("project generated without Flower (use_flower=no)")
+{%- endif %}
 
 
 def started_tasks(stack: Stack, group: str, name: str) -> list[dict[str, Any]]:
@@ -91,8 +99,7 @@ def test_every_worker_answers_inspect_ping_and_reports_its_queue(stack: Stack) -
 def test_flower_is_behind_auth_and_sees_workers_and_task_events(
     stack: Stack, api: ApiClient, flower: httpx.Client
 ) -> None:
-    assert stack.flower_url is not None
-    anonymous = httpx.get(f"{stack.flower_url}/api/workers", timeout=20)
+    anonymous = httpx.get(str(flower.base_url.join("/api/workers")), timeout=20)
     assert anonymous.status_code == 401
     workers = flower.get("/api/workers", params={"refresh": "1"})
     assert workers.status_code == 200, workers.text

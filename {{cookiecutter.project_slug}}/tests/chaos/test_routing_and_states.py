@@ -46,7 +46,7 @@ MAX_COUNTDOWN = int(TEST_SETTINGS["VISIBILITY_TIMEOUT"]) - int(TEST_SETTINGS["TA
 
 @pytest.fixture(scope="module")
 def stack_options() -> StackOptions:
-    return StackOptions(env=dict(SETTINGS), beat=False, flower=False)
+    return StackOptions(env=dict(SETTINGS), beat=False)
 
 
 def backoff_bound(retry: int) -> float:
@@ -55,16 +55,17 @@ def backoff_bound(retry: int) -> float:
 
 
 def retry_delays(stack: Stack, task_id: str) -> list[float]:
-    """Seconds from each `task_retry` log record to the next attempt's `task_started`."""
+    """Seconds from each `task_retry` log record to the next attempt's `task_started`.
+
+    Paired by order, not by time: with a jittered delay of 0 the next attempt can start
+    in the other pool process a few milliseconds before on_retry has logged.
+    """
     worker = stack.worker("default")
-    retries = event_times(worker, task_id, "task_retry")
-    starts = event_times(worker, task_id, "task_started")
-    delays = []
-    for retried in retries:
-        later = [start for start in starts if start >= retried]
-        assert later, f"no start after the retry at {retried}"
-        delays.append((min(later) - retried).total_seconds())
-    return delays
+    retries = sorted(event_times(worker, task_id, "task_retry"))
+    starts = sorted(event_times(worker, task_id, "task_started"))
+    assert len(starts) == len(retries) + 1, (retries, starts)
+    pairs = zip(retries, starts[1:], strict=True)
+    return [(start - retried).total_seconds() for retried, start in pairs]
 
 
 @pytest.mark.reliability("R09", "R10")
@@ -119,9 +120,7 @@ def test_a_countdown_beyond_the_visibility_timeout_is_refused(api: ApiClient) ->
 
 
 @pytest.mark.reliability("R06")
-def test_a_pickled_message_is_refused_and_never_runs(
-    stack: Stack, database: Database
-) -> None:
+def test_a_pickled_message_is_refused_and_never_runs(stack: Stack, database: Database) -> None:
     """The same task sent twice straight to the `default` queue: as JSON it runs; pickled
     (content type application/x-python-serialize) the worker refuses to deserialise it,
     so with accept_content=["json"] no side effect is ever written. Were pickle accepted,
@@ -164,7 +163,7 @@ def test_retries_back_off_with_jitter_and_exhausted_ones_go_dead(
         delays = retry_delays(stack, task_id)
         assert len(delays) == MAX_RETRIES, delays
         for retry, delay in enumerate(delays):
-            assert -0.1 <= delay <= backoff_bound(retry) + DELAY_SLACK, (retry, delays)
+            assert -0.5 <= delay <= backoff_bound(retry) + DELAY_SLACK, (retry, delays)
             all_delays.append((retry, delay))
         total = sum(delays)
         assert total <= sum(backoff_bound(n) for n in range(MAX_RETRIES)) + 3 * DELAY_SLACK
@@ -192,8 +191,7 @@ def test_retries_back_off_with_jitter_and_exhausted_ones_go_dead(
     chaos_results.record(
         "R12 retry delays",
         delays_by_retry={
-            str(n): sorted(round(d, 2) for r, d in all_delays if r == n)
-            for n in range(MAX_RETRIES)
+            str(n): sorted(round(d, 2) for r, d in all_delays if r == n) for n in range(MAX_RETRIES)
         },
         caps=[backoff_bound(n) for n in range(MAX_RETRIES)],
     )
