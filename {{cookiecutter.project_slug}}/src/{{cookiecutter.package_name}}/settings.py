@@ -101,6 +101,9 @@ class Settings(BaseSettings):
     worker_max_tasks_per_child: int = Field(default=1000, ge=1)
     worker_max_memory_per_child_kib: int = Field(default=512_000, ge=1024)
     broker_pool_limit: int = Field(default=10, ge=1)
+    # A worker silent to its own ping this long exits for a restart (observability/watchdog.py).
+    worker_watchdog_interval: float = Field(default=15.0, gt=0)
+    worker_watchdog_timeout: float = Field(default=120.0, gt=0)
 
     # --- Beat -------------------------------------------------------------------------
     beat_tick_seconds: float = Field(default=60.0, gt=0)
@@ -166,6 +169,8 @@ class Settings(BaseSettings):
             raise ValueError(
                 "LEDGER_MAX_ATTEMPTS must exceed TASK_MAX_RETRIES, or retries are cut short"
             )
+        if self.worker_watchdog_timeout < 2 * self.worker_watchdog_interval:
+            raise ValueError("WORKER_WATCHDOG_TIMEOUT must be at least two intervals")
         if self.beat_lease_seconds <= 2 * self.beat_reload_interval:
             raise ValueError("BEAT_LEASE_SECONDS must exceed twice BEAT_RELOAD_INTERVAL")
         if self.redis_mode == "sentinel" and len(self.redis_sentinels) < 1:

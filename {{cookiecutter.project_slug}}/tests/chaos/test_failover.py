@@ -274,14 +274,6 @@ def settle_waking_hung_workers(
 
 
 @pytest.mark.reliability("R31")
-@pytest.mark.xfail(
-    raises=TimeoutError,
-    strict=False,
-    reason=(
-        "known bug (kombu 5.7 + redis-py 8): workers hang in a pub/sub read after this"
-        " failover (seen 3 of 3 runs); a quorum failure fails the test (AssertionError)"
-    ),
-)
 def test_two_of_three_sentinels_still_fail_over(
     stack: Stack,
     cluster: RedisSentinelCluster,
@@ -402,15 +394,6 @@ def test_a_paused_master_does_not_hang_the_api(
 
 
 @pytest.mark.reliability("R31")
-@pytest.mark.xfail(
-    raises=TimeoutError,
-    strict=False,
-    reason=(
-        "known bug (kombu 5.7 + redis-py 8): after a failover an idle worker's event loop"
-        " blocks in the pub/sub read that redis-py retries on a fresh connection without"
-        " a timeout; the worker neither consumes nor exits until a broadcast arrives"
-    ),
-)
 def test_idle_workers_consume_again_after_a_failover(
     stack: Stack,
     cluster: RedisSentinelCluster,

@@ -52,6 +52,8 @@ TEST_SETTINGS = {
     "WORKER_SOFT_SHUTDOWN_TIMEOUT": "2",
     "API_WORKERS": "1",
     "API_TIMEOUT": "60",
+    "WORKER_WATCHDOG_INTERVAL": "3",
+    "WORKER_WATCHDOG_TIMEOUT": "30",
 }
 
 # A ready worker logs "<name>@<host> ready." once it consumes.

@@ -16,6 +16,7 @@ from {{ cookiecutter.package_name }}.observability.redact import redact
 {%- if cookiecutter.use_sentry == "yes" %}
 from {{ cookiecutter.package_name }}.observability.sentry import init_sentry
 {%- endif %}
+from {{ cookiecutter.package_name }}.observability.watchdog import ConsumerWatchdog
 from {{ cookiecutter.package_name }}.settings import get_settings
 
 logger = logging.getLogger(__name__)
@@ -71,6 +72,27 @@ def _on_revoked(request: Any, terminated: bool, signum: Any, expired: bool, **_:
 
 def _reset_ledger_connections(**_: Any) -> None:
     reset_after_fork()
+
+
+_watchdogs: list[ConsumerWatchdog] = []
+
+
+def _start_watchdog(sender: Any, **_: Any) -> None:
+    """Once the worker consumes, watch that it keeps answering (see watchdog.py)."""
+    settings = get_settings()
+    watchdog = ConsumerWatchdog(
+        sender.app,
+        sender.hostname,
+        settings.worker_watchdog_interval,
+        settings.worker_watchdog_timeout,
+    )
+    _watchdogs.append(watchdog)
+    watchdog.start()
+
+
+def _stop_watchdogs(**_: Any) -> None:
+    for watchdog in _watchdogs:
+        watchdog.stop()
 {%- if cookiecutter.use_sentry == "yes" %}
 
 
@@ -93,6 +115,8 @@ def connect() -> None:
     signals.task_revoked.connect(_on_revoked, weak=False)
     # Prefork children must not share the parent's database connections.
     signals.worker_process_init.connect(_reset_ledger_connections, weak=False)
+    signals.worker_ready.connect(_start_watchdog, weak=False)
+    signals.worker_shutting_down.connect(_stop_watchdogs, weak=False)
 {%- if cookiecutter.use_sentry == "yes" %}
     signals.celeryd_init.connect(_init_sentry_worker, weak=False)
     signals.beat_init.connect(_init_sentry_beat, weak=False)
