@@ -28,6 +28,8 @@ from tests.harness.scratch import ScratchDir
 Address = tuple[str, int]
 MASTER_NAME = "mymaster"
 
+PERSISTENCE_CONF = Path(__file__).resolve().parents[2] / "deploy" / "redis" / "persistence.conf"
+
 
 def format_address(address: Address) -> str:
     return f"{address[0]}:{address[1]}"
@@ -94,10 +96,8 @@ class RedisNode:
             'logfile ""',
             f"requirepass {password}",
             f"masterauth {password}",
-            # R32: both persistence mechanisms, as in production.
-            "appendonly yes",
-            "appendfsync everysec",
-            "save 60 1",
+            # R32: the project's own persistence settings (AOF + RDB).
+            f'include "{PERSISTENCE_CONF}"',
             'dbfilename "dump.rdb"',
             "protected-mode yes",
             # A replica's full sync starts at once, not after the default 5 s wait.
