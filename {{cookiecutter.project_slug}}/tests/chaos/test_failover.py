@@ -56,7 +56,7 @@ READINESS_BUDGET = 2 + 5 + 3
 
 @pytest.fixture(scope="module")
 def stack_options() -> StackOptions:
-    # `high` runs the reconcile job (routed by the ledger.* glob); no Flower needed.
+    # `high` runs the reconcile job (routed by the ledger.* glob).
     return StackOptions(env=dict(SETTINGS), groups=("high", "default"))
 
 
