@@ -27,7 +27,9 @@ import httpx
 import pytest
 
 from tests.chaos.conftest import ChaosResults
-from tests.chaos.helpers import (
+from tests.harness.api import ApiClient
+from tests.harness.databases import Database
+from tests.harness.probes import (
     effect_counts,
     ledger_rows,
     parse_time,
@@ -35,8 +37,6 @@ from tests.chaos.helpers import (
     wait_ledger,
     wait_until,
 )
-from tests.harness.api import ApiClient
-from tests.harness.databases import Database
 from tests.harness.redis import RedisSentinelCluster
 from tests.harness.stack import TEST_SETTINGS, Stack, StackOptions
 

@@ -15,9 +15,9 @@ import time
 import pytest
 
 from tests.chaos.conftest import ChaosResults
-from tests.chaos.helpers import ledger_rows, parse_time, wait_ledger, wait_until
 from tests.harness.api import ApiClient
 from tests.harness.databases import Database
+from tests.harness.probes import ledger_rows, parse_time, wait_ledger, wait_until
 from tests.harness.processes import SupervisedProcess
 from tests.harness.stack import Stack, StackOptions
 

@@ -20,7 +20,9 @@ import httpx
 import pytest
 
 from tests.chaos.conftest import ChaosResults
-from tests.chaos.helpers import (
+from tests.harness.api import ApiClient
+from tests.harness.databases import Database
+from tests.harness.probes import (
     log_events,
     queue_length,
     redis_client,
@@ -28,8 +30,6 @@ from tests.chaos.helpers import (
     wait_ledger,
     wait_until,
 )
-from tests.harness.api import ApiClient
-from tests.harness.databases import Database
 from tests.harness.stack import Stack, StackOptions
 
 RESULT_EXPIRES = 3

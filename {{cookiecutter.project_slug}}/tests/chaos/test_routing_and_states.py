@@ -12,7 +12,9 @@ from typing import Any
 import pytest
 
 from tests.chaos.conftest import ChaosResults
-from tests.chaos.helpers import (
+from tests.harness.api import ApiClient, task_state
+from tests.harness.databases import Database
+from tests.harness.probes import (
     effect_times,
     effects,
     event_times,
@@ -25,8 +27,6 @@ from tests.chaos.helpers import (
     wait_ledger,
     wait_until,
 )
-from tests.harness.api import ApiClient, task_state
-from tests.harness.databases import Database
 from tests.harness.stack import TEST_SETTINGS, Stack, StackOptions
 
 MAX_RETRIES = 3

@@ -15,7 +15,9 @@ from datetime import UTC, datetime
 import pytest
 
 from tests.chaos.conftest import ChaosResults
-from tests.chaos.helpers import (
+from tests.harness.api import ApiClient
+from tests.harness.databases import Database
+from tests.harness.probes import (
     effects,
     ledger,
     parse_time,
@@ -25,8 +27,6 @@ from tests.chaos.helpers import (
     wait_ledger,
     wait_until,
 )
-from tests.harness.api import ApiClient
-from tests.harness.databases import Database
 from tests.harness.stack import TEST_SETTINGS, Stack, StackOptions
 
 VISIBILITY_TIMEOUT = int(TEST_SETTINGS["VISIBILITY_TIMEOUT"])

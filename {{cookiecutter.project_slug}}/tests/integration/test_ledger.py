@@ -8,13 +8,21 @@ from __future__ import annotations
 import json
 import signal
 import time
-from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 import pytest
 
 from tests.harness.api import ApiClient
 from tests.harness.databases import Database
+from tests.harness.probes import (
+    effects,
+    ledger,
+    queue_keys,
+    queue_length,
+    run_python,
+    wait_ledger,
+    wait_until,
+)
 from tests.harness.processes import run_command
 from tests.harness.redis import RedisSentinelCluster
 from tests.harness.stack import Stack, StackOptions, venv_bin
@@ -33,67 +41,23 @@ LEDGER_SETTINGS = {
 }
 
 
-# kombu keeps one Redis list per priority step: "default", "default\x06\x165", ...
-PRIORITY_SEPARATOR = b"\x06\x16"
-
-
 @pytest.fixture(scope="module")
 def stack_options() -> StackOptions:
     return StackOptions(env=dict(LEDGER_SETTINGS))
 
 
-def ledger(database: Database, task_id: str) -> dict[str, str]:
-    rows = database.query(
-        "SELECT state, attempts, dispatches, replay_of, published_at, started_at, finished_at"
-        f" FROM task_ledger WHERE id = '{task_id}'"
-    )
-    assert rows, f"no ledger row for {task_id}"
-    keys = ("state", "attempts", "dispatches", "replay_of", "published", "started", "finished")
-    return dict(zip(keys, rows[0], strict=True))
-
-
-def effects(database: Database, task_id: str | None = None, key: str | None = None) -> int:
-    where = f"task_id = '{task_id}'" if task_id else f"{_quoted_key(database)} = '{key}'"
-    return int(database.query(f"SELECT COUNT(*) FROM demo_effects WHERE {where}")[0][0])
-
-
-def _quoted_key(database: Database) -> str:
-    return "`key`" if database.kind == "mysql" else '"key"'
-
-
-def wait_until(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} after {timeout:.0f} s")
-        time.sleep(0.25)
-
-
-def wait_ledger(database: Database, task_id: str, states: set[str], timeout: float = 60) -> Any:
-    return wait_until(
-        lambda: (row := ledger(database, task_id))["state"] in states and row,
-        timeout,
-        f"task {task_id} not in {states}: {ledger(database, task_id)}",
-    )
+def effects_with_key(database: Database, key: str) -> int:
+    column = "`key`" if database.kind == "mysql" else '"key"'
+    return int(database.query(f"SELECT COUNT(*) FROM demo_effects WHERE {column} = '{key}'")[0][0])
 
 
 def send_copy(stack: Stack, task_id: str, name: str, kwargs: dict[str, Any]) -> None:
     """Publish another message with the same id, as a redelivery or a re-dispatch would."""
-    code = (
+    run_python(
+        stack,
         f"from {stack.package}.celery_app import app\n"
-        f"app.send_task({name!r}, kwargs={kwargs!r}, task_id={task_id!r})\n"
+        f"app.send_task({name!r}, kwargs={kwargs!r}, task_id={task_id!r})\n",
     )
-    run_command([str(venv_bin() / "python"), "-c", code], env=stack.env, cwd=stack.run_dir)
-
-
-def queue_keys(cluster: RedisSentinelCluster, queue: str) -> list[bytes]:
-    """The Redis lists of a queue: one per priority step (`default`, `default\\x06\\x165`...)."""
-    name = queue.encode()
-    keys = cast(list[bytes], cluster.master_client().keys(f"{queue}*"))
-    return [key for key in keys if key == name or key.startswith(name + PRIORITY_SEPARATOR)]
 
 
 @pytest.mark.reliability("R33")
@@ -102,9 +66,9 @@ def test_a_task_walks_through_its_states_in_the_ledger(api: ApiClient, database:
     row = wait_ledger(database, task_id, {"SUCCEEDED"})
     assert row["attempts"] == "2"  # the first run and its retry
     assert row["dispatches"] == "1"
-    assert row["published"]
-    assert row["started"]
-    assert row["finished"]
+    assert row["published_at"]
+    assert row["started_at"]
+    assert row["finished_at"]
     body = api.status(task_id).json()
     assert body["state"] == "SUCCEEDED"
     assert body["celery_state"] == "SUCCESS"
@@ -133,10 +97,7 @@ def test_a_poison_task_goes_dead_after_the_attempt_limit(
     assert int(row["attempts"]) == int(LEDGER_SETTINGS["LEDGER_MAX_ATTEMPTS"]) + 1
     listed = api.get("/api/v1/dead-letters?limit=500").json()
     assert task_id in [item["id"] for item in listed]
-    dead_messages = sum(
-        redis_cluster.master_client().llen(k) for k in queue_keys(redis_cluster, "dead")
-    )
-    assert dead_messages >= 1
+    assert queue_length(redis_cluster.master_client(), "dead") >= 1
 
 
 @pytest.mark.reliability("R02")
@@ -178,7 +139,7 @@ def test_reconcile_redispatches_a_message_lost_behind_the_ledger(
         assert ledger(database, task_id)["state"] == "PUBLISHED"
         # What a failover can do: the acknowledged write never reached the new master.
         client = redis_cluster.master_client()
-        keys = queue_keys(redis_cluster, "default")
+        keys = queue_keys(client, "default")
         assert sum(client.llen(key) for key in keys) >= 1
         client.delete(*keys)
         wait_until(
@@ -215,10 +176,12 @@ def test_two_beats_run_a_schedule_edited_at_run_time_once(stack: Stack, database
             env=stack.env,
             cwd=stack.run_dir,
         )
-        wait_until(lambda: effects(database, key="beat-probe") >= 1, 20, "the new entry never ran")
-        start, first = time.monotonic(), effects(database, key="beat-probe")
+        wait_until(
+            lambda: effects_with_key(database, "beat-probe") >= 1, 20, "the new entry never ran"
+        )
+        start, first = time.monotonic(), effects_with_key(database, "beat-probe")
         time.sleep(12)
-        elapsed, runs = time.monotonic() - start, effects(database, key="beat-probe") - first
+        elapsed, runs = time.monotonic() - start, effects_with_key(database, "beat-probe") - first
         expected = elapsed / every
         # Two schedulers would double this; margins for start-up and reload jitter.
         assert expected - 3 <= runs <= expected + 1, (runs, expected)

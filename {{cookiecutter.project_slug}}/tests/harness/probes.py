@@ -1,4 +1,5 @@
-"""Small helpers of the chaos scenarios: ledger reads, worker-log events, raw Redis."""
+"""Read-only probes of a running stack for tests: ledger rows, side effects, worker-log
+events, raw Redis; and waiting for them."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ LEDGER_COLUMNS = (
     "dispatches",
     "worker",
     "last_error",
+    "replay_of",
     "created_at",
     "published_at",
     "started_at",
