@@ -401,10 +401,10 @@ def test_idle_workers_consume_again_after_a_failover(
     database: Database,
     chaos_results: ChaosResults,
 ) -> None:
-    """No traffic at all when the master dies. The workers must notice on their own and
-    consume from the new master (the supervisor would restart one that exits; one that
-    hangs stays hung). On failure, a `celery inspect ping` broadcast is sent afterwards
-    to show that it is the blocked pub/sub read: the workers then resume."""
+    """No traffic at all when the master dies. The workers must consume from the new
+    master on their own: a worker blocked in its pub/sub read is woken or, if still
+    silent, exited by its watchdog and restarted by supervision. On failure, a
+    `celery inspect ping` broadcast is sent afterwards to show whether it was that read."""
     cluster.wait_healthy(timeout=60)
     time.sleep(3)  # idle: no task running or queued
     old = cluster.kill_master()

@@ -90,16 +90,40 @@ class Database:
         raise NotImplementedError
 
 
-class PostgresServer(Database):
+class _ServerDatabase(Database):
+    """A database server process of our own, its data in a private directory."""
+
+    def __init__(self, workdir: str | Path | None, prefix: str) -> None:
+        super().__init__(workdir, prefix)
+        self.port = free_port()
+        self._private: Path | None = None
+        self._process: SupervisedProcess | None = None
+
+    def _admin(self, *statements: str) -> str:
+        """Run SQL through the server's own command-line client; its text output."""
+        raise NotImplementedError
+
+    def query(self, sql: str) -> list[tuple[str, ...]]:
+        return [tuple(line.split("\t")) for line in self._admin(sql).splitlines() if line]
+
+    def processes(self) -> list[SupervisedProcess]:
+        return [] if self._process is None else [self._process]
+
+    def stop(self) -> None:
+        try:
+            super().stop()
+        finally:
+            if self._private is not None:
+                shutil.rmtree(self._private, ignore_errors=True)
+
+
+class PostgresServer(_ServerDatabase):
     """A private PostgreSQL cluster (initdb as `postgres` when running as root)."""
 
     kind = "postgresql"
 
     def __init__(self, workdir: str | Path | None = None) -> None:
         super().__init__(workdir, "postgres-")
-        self.port = free_port()
-        self._private: Path | None = None
-        self._process: SupervisedProcess | None = None
         self._psql = "psql"
 
     @property
@@ -215,31 +239,14 @@ class PostgresServer(Database):
             command += ["--command", statement]
         return run_command(command, env=_CLIENT_ENV, timeout=30)
 
-    def query(self, sql: str) -> list[tuple[str, ...]]:
-        return [tuple(line.split("\t")) for line in self._admin(sql).splitlines() if line]
 
-    def processes(self) -> list[SupervisedProcess]:
-        return [] if self._process is None else [self._process]
-
-    def stop(self) -> None:
-        try:
-            super().stop()
-        finally:
-            if self._private is not None:
-                shutil.rmtree(self._private, ignore_errors=True)
-
-
-class MariaDBServer(Database):
+class MariaDBServer(_ServerDatabase):
     """A private MariaDB server (the `mysql` answer), data in a temporary directory."""
 
     kind = "mysql"
 
     def __init__(self, workdir: str | Path | None = None) -> None:
         super().__init__(workdir, "mariadb-")
-        self.port = free_port()
-        # A short path: unix socket paths are limited to ~107 bytes.
-        self._private: Path | None = None
-        self._process: SupervisedProcess | None = None
         self._client = "mariadb"
 
     @property
@@ -338,19 +345,6 @@ class MariaDBServer(Database):
     def _admin(self, *statements: str, database: str | None = APP_DATABASE) -> str:
         sql = ";\n".join(statements)
         return run_command(self._client_command(sql, database), env=_CLIENT_ENV, timeout=30)
-
-    def query(self, sql: str) -> list[tuple[str, ...]]:
-        return [tuple(line.split("\t")) for line in self._admin(sql).splitlines() if line]
-
-    def processes(self) -> list[SupervisedProcess]:
-        return [] if self._process is None else [self._process]
-
-    def stop(self) -> None:
-        try:
-            super().stop()
-        finally:
-            if self._private is not None:
-                shutil.rmtree(self._private, ignore_errors=True)
 
 
 class SqliteDatabase(Database):
