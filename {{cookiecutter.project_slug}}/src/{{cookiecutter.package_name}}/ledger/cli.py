@@ -25,6 +25,13 @@ from {{ cookiecutter.package_name }}.ledger.models import PeriodicTask
 from {{ cookiecutter.package_name }}.schedule import celery_schedule
 
 
+def _positive_seconds(text: str) -> float:
+    seconds = float(text)
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return seconds
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -39,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     put.add_argument("name")
     put.add_argument("task")
     when = put.add_mutually_exclusive_group(required=True)
-    when.add_argument("--every", type=float, help="seconds between runs")
+    when.add_argument("--every", type=_positive_seconds, help="seconds between runs")
     when.add_argument("--cron", help='five fields, e.g. "0 3 * * *"')
     put.add_argument("--queue")
     put.add_argument("--kwargs", type=json.loads, default={})
