@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # System packages for the baked projects' integration tier: Redis + Sentinel, MariaDB and
-# PostgreSQL, run by the tests as private processes on free ports (never as system services).
+# PostgreSQL, run by the tests as private processes on free ports (never as system services);
+# and promtool / amtool (packages prometheus, prometheus-alertmanager), which the unit tier
+# uses to check the monitoring configuration offline.
 # Idempotent: installs only what is missing, then makes sure none of these packages'
 # services keeps running on its default port, and prints the versions.
 # Runs as root on Debian bookworm (CI=true); elsewhere it installs through sudo if it can.
@@ -45,6 +47,8 @@ if ! postgres_bin >/dev/null || ! command -v psql >/dev/null 2>&1 \
   missing+=(postgresql)
 fi
 command -v runuser >/dev/null 2>&1 || missing+=(util-linux)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+command -v amtool >/dev/null 2>&1 || missing+=(prometheus-alertmanager)
 
 if [ "${#missing[@]}" -gt 0 ]; then
   # Package scripts must not start services: the tests run their own instances.
@@ -67,11 +71,13 @@ if [ "${#missing[@]}" -gt 0 ]; then
   cleanup_policy
   trap - EXIT
 else
-  log "redis-server, redis-sentinel, mariadb-server and postgresql already installed"
+  log "redis-server, redis-sentinel, mariadb-server, postgresql, prometheus and" \
+    "prometheus-alertmanager already installed"
 fi
 
 # Stop (and on systemd, disable) the packages' own services if anything started them.
-for service in redis-server redis-sentinel mariadb mysql postgresql; do
+for service in redis-server redis-sentinel mariadb mysql postgresql prometheus \
+  prometheus-alertmanager; do
   if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
     if systemctl is-active --quiet "$service" 2>/dev/null \
       || systemctl is-enabled --quiet "$service" 2>/dev/null; then
@@ -89,7 +95,7 @@ done
 port_open() {
   (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
 }
-for port in 6379 26379 3306 5432; do
+for port in 6379 26379 3306 5432 9090 9093; do
   if port_open "$port"; then
     log "WARNING: something still listens on 127.0.0.1:$port (not started by this script);" \
       "the tests use free ports and do not need it" >&2
@@ -101,3 +107,5 @@ log "$(redis-server --version)"
 log "redis-sentinel: $(redis-sentinel --version 2>/dev/null | head -n 1)"
 log "$(mariadbd --version)"
 log "$("$pg_dir/postgres" --version) ($pg_dir)"
+log "$(promtool --version 2>&1 | head -n 1)"
+log "$(amtool --version 2>&1 | head -n 1)"

@@ -39,11 +39,25 @@ ruff check tests
 ruff format --check tests
 
 # Pass 1: bakes, lint and unit tiers, two at a time. Pass 2: the baked projects' real-process
-# tiers (Redis, Sentinel, databases, workers), one at a time so timing bounds stay honest.
+# tiers (Redis, Sentinel, databases, workers) and the container tier (docker compose on a
+# Docker engine that tests/compose.py starts), one at a time so timing bounds stay honest.
+rm -rf .ci-logs
 first=0
 python -m pytest tests --durations=15 -m "not stack" -n "${PYTEST_WORKERS:-2}" --dist loadgroup "$@" || first=$?
 second=0
 python -m pytest tests --durations=15 -m stack -p no:xdist "$@" || second=$?
+# The container tier's figures, and its compose logs when something failed.
+if [ -f .ci-logs/container-tier.json ]; then
+  echo "ci/test.sh: container tier figures:"
+  cat .ci-logs/container-tier.json
+fi
+if [ "$second" -ne 0 ] && [ "$second" -ne 5 ]; then
+  for log in .ci-logs/*.log; do
+    [ -f "$log" ] || continue
+    echo "ci/test.sh: last 300 lines of $log"
+    tail -n 300 "$log"
+  done
+fi
 # Exit code 5 is "no test collected": fine for one pass (a -k selection), not for both.
 if [ "$first" -eq 5 ] && [ "$second" -eq 5 ]; then
   echo "ci/test.sh: FAILED: pytest collected no tests (exit code 5)" >&2

@@ -19,6 +19,7 @@ SECRET_PLACEHOLDERS = (
     "change-me-sentinel-password",
     "change-me-flower-password",
     "change-me-database-password",
+    "change-me-grafana-password",
 )
 
 

@@ -87,7 +87,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 {%- if cookiecutter.use_flower == "yes" %}
     if options.kind == "flower":
         # R35: Flower only behind authentication.
-        env["FLOWER_BASIC_AUTH"] = settings.flower_basic_auth.get_secret_value()
+        password = settings.flower_password.get_secret_value()
+        env["FLOWER_BASIC_AUTH"] = f"{settings.flower_user}:{password}"
 {%- endif %}
     sys.stdout.flush()
     os.execvpe(command[0], command, env)  # noqa: S606 - replaces this process by design

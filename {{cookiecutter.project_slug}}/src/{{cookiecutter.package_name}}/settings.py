@@ -104,6 +104,9 @@ class Settings(BaseSettings):
     # A worker silent to its own ping this long exits for a restart (observability/watchdog.py).
     worker_watchdog_interval: float = Field(default=15.0, gt=0)
     worker_watchdog_timeout: float = Field(default=120.0, gt=0)
+    # Touched by a worker answering its own ping and by each beat tick; container
+    # healthchecks read its age (healthcheck.py). Empty: no file is written.
+    heartbeat_file: str = ""
 
     # --- Beat -------------------------------------------------------------------------
     beat_tick_seconds: float = Field(default=60.0, gt=0)
@@ -134,7 +137,8 @@ class Settings(BaseSettings):
 
     # --- Flower -----------------------------------------------------------------------
     flower_port: int = Field(default=5555, ge=1, le=65535)
-    flower_basic_auth: SecretStr = SecretStr("admin:change-me-flower-password")
+    flower_user: str = Field(default="admin", pattern=r"^[^:\s]+$")
+    flower_password: SecretStr = SecretStr("change-me-flower-password")
 {%- endif %}
 
     @field_validator("redis_sentinels", "api_task_allowlist", mode="before")

@@ -145,7 +145,7 @@ class Stack:
             self.flower_port = free_port()
             env["FLOWER_PORT"] = str(self.flower_port)
             env["FLOWER_ADDRESS"] = LOOPBACK
-            env["FLOWER_BASIC_AUTH"] = ":".join(self.flower_auth)
+            env["FLOWER_USER"], env["FLOWER_PASSWORD"] = self.flower_auth
 {%- endif %}
         env.update(self.options.env)
         return env

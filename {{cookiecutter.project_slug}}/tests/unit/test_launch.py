@@ -48,7 +48,7 @@ def test_api_runs_gunicorn_with_uvicorn_workers() -> None:
 
 @pytest.mark.reliability("R35")
 def test_flower_credentials_stay_off_the_command_line() -> None:
-    settings = make(flower_basic_auth="admin:s3cret")
+    settings = make(flower_user="admin", flower_password="s3cret")
     command = command_for("flower", None, settings)
     assert "flower" in command
     assert not any("s3cret" in part for part in command)

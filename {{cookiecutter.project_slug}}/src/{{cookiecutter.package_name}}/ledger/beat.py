@@ -21,6 +21,7 @@ from celery.beat import ScheduleEntry, Scheduler
 from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
+from {{ cookiecutter.package_name }}.healthcheck import touch_heartbeat
 from {{ cookiecutter.package_name }}.ledger.db import changed_rows, session_scope
 from {{ cookiecutter.package_name }}.ledger.models import BeatLease, PeriodicTask, utcnow
 from {{ cookiecutter.package_name }}.schedule import PeriodicSpec, celery_schedule, default_entries
@@ -101,6 +102,8 @@ class LedgerScheduler(Scheduler):
     schedule = property(get_schedule, set_schedule)
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
+        # Alive, leading or standing by: the container healthcheck reads this file's age.
+        touch_heartbeat(self._settings.heartbeat_file)
         try:
             leading = acquire_lease(self._holder, self._settings.beat_lease_seconds)
         except SQLAlchemyError as exc:

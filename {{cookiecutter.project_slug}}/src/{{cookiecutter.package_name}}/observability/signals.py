@@ -85,6 +85,7 @@ def _start_watchdog(sender: Any, **_: Any) -> None:
         sender.hostname,
         settings.worker_watchdog_interval,
         settings.worker_watchdog_timeout,
+        settings.heartbeat_file,
     )
     _watchdogs.append(watchdog)
     watchdog.start()

@@ -17,6 +17,7 @@ import time
 
 from celery import Celery
 
+from {{ cookiecutter.package_name }}.healthcheck import touch_heartbeat
 from {{ cookiecutter.package_name }}.ledger.publish import BROKER_ERRORS
 
 logger = logging.getLogger(__name__)
@@ -25,16 +26,21 @@ EXIT_STATUS = 70  # EX_SOFTWARE: an internal failure the supervisor should resta
 
 
 class ConsumerWatchdog:
-    def __init__(self, app: Celery, nodename: str, interval: float, timeout: float) -> None:
+    def __init__(
+        self, app: Celery, nodename: str, interval: float, timeout: float, heartbeat_file: str = ""
+    ) -> None:
         self.app = app
         self.nodename = nodename
         self.interval = interval
         self.timeout = timeout
+        # Touched on every answer: the container healthcheck reads its age (healthcheck.py).
+        self.heartbeat_file = heartbeat_file
         self.last_answer = time.monotonic()
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name="consumer-watchdog", daemon=True)
 
     def start(self) -> None:
+        touch_heartbeat(self.heartbeat_file)
         self._thread.start()
 
     def stop(self) -> None:
@@ -53,6 +59,7 @@ class ConsumerWatchdog:
         while not self._stopped.wait(self.interval):
             if self.answered():
                 self.last_answer = time.monotonic()
+                touch_heartbeat(self.heartbeat_file)
                 continue
             silent = time.monotonic() - self.last_answer
             if silent >= self.timeout and not self._stopped.is_set():

@@ -1,0 +1,409 @@
+"""The container tier: a baked project's docker-compose stack on a real Docker engine.
+
+The default bake is built and started the way its README says (`docker compose build`,
+`docker compose up --wait`), used through its published ports, put through a Redis
+master kill in the middle of a stream of submissions, and torn down with `down -v`.
+The mysql bake gets a shorter smoke. Figures land in .ci-logs/container-tier.json.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from typing import Any
+
+import httpx
+import pytest
+
+from compose import FAST_SETTINGS, LOG_DIR, ComposeStack, images
+from test_bake import BY_ID
+
+from conftest import combo_params
+
+pytestmark = pytest.mark.stack
+
+QUEUE_TASKS = {
+    "high": ("demo.urgent_ping", {}),
+    "default": ("demo.echo", {"message": "hello"}),
+    "low": ("demo.reports.build_report", {"size": 1000, "chunk_size": 250}),
+}
+DEFAULT_SERVICES = {
+    *("api", "worker-high", "worker-default", "worker-low", "beat", "flower"),
+    *("celery-exporter", "redis-master", "redis-replica"),
+    *("sentinel-1", "sentinel-2", "sentinel-3", "db"),
+}
+WORKERS = ("worker-high", "worker-default", "worker-low")
+FINAL = {"SUCCEEDED", "FAILED", "DEAD", "REVOKED"}
+FIGURES: dict[str, Any] = {}
+
+
+@pytest.fixture(scope="module")
+def stand_in_images() -> dict[str, str]:
+    return images()
+
+
+def started_copy(bake, combo_id: str, stand_in_images, tmp_path_factory) -> ComposeStack:
+    """A copy of the bake (the other tiers use the original), configured and started."""
+    baked = bake(BY_ID[combo_id])
+    target = tmp_path_factory.mktemp(f"compose-{combo_id}") / baked.path.name
+    shutil.copytree(baked.path, target, ignore=shutil.ignore_patterns(".venv", "__pycache__"))
+    stack = ComposeStack(target, stand_in_images)
+    stack.configure(FAST_SETTINGS)
+    return stack
+
+
+@pytest.fixture(scope="module")
+def default_stack(bake, stand_in_images, tmp_path_factory) -> Iterator[ComposeStack]:
+    stack = started_copy(bake, "default", stand_in_images, tmp_path_factory)
+    try:
+        stack.build_and_start()
+        yield stack
+    finally:
+        stack.save_logs()
+        stack.down()
+        FIGURES["default"] = {**FIGURES.get("default", {}), **stack.timings}
+        write_figures()
+
+
+def write_figures() -> None:
+    LOG_DIR.mkdir(exist_ok=True)
+    (LOG_DIR / "container-tier.json").write_text(json.dumps(FIGURES, indent=2) + "\n")
+
+
+def submit(client: httpx.Client, name: str, kwargs: dict[str, Any], **options: Any) -> str:
+    response = client.post("/api/v1/tasks", json={"name": name, "kwargs": kwargs, **options})
+    assert response.status_code == 202, f"{name}: {response.status_code} {response.text}"
+    return str(response.json()["id"])
+
+
+def wait_final(client: httpx.Client, task_ids: list[str], timeout: float) -> dict[str, dict]:
+    """Poll each task's status until it is final; answers during a failover may be 5xx."""
+    bodies: dict[str, dict] = {}
+    deadline = time.monotonic() + timeout
+    pending = list(task_ids)
+    while pending and time.monotonic() < deadline:
+        still: list[str] = []
+        for task_id in pending:
+            try:
+                response = client.get(f"/api/v1/tasks/{task_id}")
+            except httpx.TransportError:
+                still.append(task_id)
+                continue
+            if response.status_code == 200 and response.json()["state"] in FINAL:
+                bodies[task_id] = response.json()
+            else:
+                still.append(task_id)
+        pending = still
+        if pending:
+            time.sleep(1)
+    for task_id in pending:
+        response = client.get(f"/api/v1/tasks/{task_id}")
+        bodies[task_id] = response.json() if response.status_code == 200 else {"state": "?"}
+    return bodies
+
+
+def run_one_task_per_queue(stack: ComposeStack, timeout: float = 90) -> dict[str, str]:
+    with httpx.Client(base_url=stack.url("API_PORT"), timeout=30) as client:
+        ids = {queue: submit(client, name, kwargs) for queue, (name, kwargs) in QUEUE_TASKS.items()}
+        bodies = wait_final(client, list(ids.values()), timeout)
+    return {queue: bodies[task_id]["state"] for queue, task_id in ids.items()}
+
+
+def wait_healthy(stack: ComposeStack, services: tuple[str, ...], timeout: float) -> list[str]:
+    """Services not running-and-healthy when the time is up (empty = all recovered)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = stack.services()
+        unhealthy = [
+            f"{name}: {rows.get(name, {}).get('State')} {rows.get(name, {}).get('Health')}"
+            for name in services
+            if rows.get(name, {}).get("Health") != "healthy"
+        ]
+        if not unhealthy or time.monotonic() > deadline:
+            return unhealthy
+        time.sleep(2)
+
+
+def current_master(stack: ComposeStack) -> str:
+    """The master's name as sentinel-1 announces it ("" when it does not answer)."""
+    answer = stack.exec(
+        "sentinel-1",
+        'REDISCLI_AUTH="$REDIS_SENTINEL_PASSWORD" redis-cli -p 26379'
+        ' sentinel get-master-addr-by-name "$REDIS_MASTER_NAME"',
+        timeout=10,
+    )
+    return answer.output.split()[0] if answer.returncode == 0 and answer.output.split() else ""
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, interval: float = 1.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)
+    return True
+
+
+# --- default bake: PostgreSQL, Sentinel, Flower, exporter --------------------------------
+def test_every_service_comes_up_healthy(default_stack: ComposeStack) -> None:
+    rows = default_stack.services()
+    assert set(rows) >= DEFAULT_SERVICES, f"missing services: {DEFAULT_SERVICES - set(rows)}"
+    unhealthy = {
+        name: (row.get("State"), row.get("Health"))
+        for name, row in rows.items()
+        if name in DEFAULT_SERVICES and row.get("Health") != "healthy"
+    }
+    assert not unhealthy, f"not healthy after up --wait: {unhealthy}"
+    migrate = rows["migrate"]
+    assert (migrate.get("State"), migrate.get("ExitCode")) == ("exited", 0), migrate
+    image = default_stack.compose("images", "--format", "json", "api").output
+    sizes = [int(entry["Size"]) for entry in json.loads(image) if "Size" in entry]
+    if sizes:
+        FIGURES.setdefault("default", {})["image_mb"] = round(sizes[0] / 1e6)
+
+
+def test_app_containers_run_read_only_as_non_root_without_secrets_baked_in(
+    default_stack: ComposeStack,
+) -> None:
+    probe = default_stack.exec(
+        "api",
+        "id -u; test -w / && echo root-writable; test -e /app/.env && echo env-baked;"
+        " touch /tmp/ok && echo tmp-writable",
+    )
+    assert probe.returncode == 0, probe.explain()
+    lines = probe.output.split()
+    assert lines[0] != "0", "the app runs as root"
+    assert "root-writable" not in lines, probe.output
+    assert "env-baked" not in lines, probe.output
+    assert "tmp-writable" in lines, probe.output
+
+
+def test_a_task_on_each_queue_succeeds(default_stack: ComposeStack) -> None:
+    states = run_one_task_per_queue(default_stack)
+    assert states == dict.fromkeys(QUEUE_TASKS, "SUCCEEDED")
+
+
+def test_flower_api_lists_every_worker_group(default_stack: ComposeStack) -> None:
+    env = default_stack.dotenv()
+    auth = (env["FLOWER_USER"], env["FLOWER_PASSWORD"])
+    with httpx.Client(base_url=default_stack.url("FLOWER_PORT"), timeout=20) as client:
+        assert client.get("/api/workers").status_code == 401
+        deadline = time.monotonic() + 60
+        while True:
+            workers = client.get("/api/workers", auth=auth, params={"refresh": "1"}).json()
+            groups = {name.split("@")[0] for name in workers}
+            if {"high", "default", "low"} <= groups or time.monotonic() > deadline:
+                break
+            time.sleep(2)
+    assert {"high", "default", "low"} <= groups, sorted(workers)
+
+
+def metric_values(text: str, metric: str) -> dict[str, float]:
+    """`labels -> value` of one metric in the Prometheus text format."""
+    pattern = rf"^{metric}(\{{[^}}]*\}})? ([0-9.e+-]+)$"
+    return {labels or "": float(value) for labels, value in re.findall(pattern, text, re.M)}
+
+
+def test_exporter_reports_workers_queues_and_task_counters(default_stack: ComposeStack) -> None:
+    with httpx.Client(base_url=default_stack.url("CELERY_EXPORTER_PORT"), timeout=20) as client:
+        assert client.get("/health").status_code == 200
+        deadline = time.monotonic() + 60
+        while True:
+            text = client.get("/metrics").text
+            succeeded = metric_values(text, "celery_task_succeeded_total")
+            echoes = [value for labels, value in succeeded.items() if 'name="demo.echo"' in labels]
+            if echoes and max(echoes) >= 1:
+                break
+            assert time.monotonic() < deadline, f"no demo.echo success counted:\n{text[-3000:]}"
+            time.sleep(2)
+    up = metric_values(text, "celery_worker_up")
+    assert sum(up.values()) >= 3, up
+    queues = metric_values(text, "celery_queue_length")
+    assert {f'{{queue_name="{name}"}}' for name in ("high", "default", "low")} <= set(queues)
+
+
+def test_exporter_counts_a_backlog_across_priority_levels(default_stack: ComposeStack) -> None:
+    """R43: tasks waiting for a stopped worker group show up in celery_queue_length, whatever
+    their priority (each priority level is its own Redis list)."""
+    stack = default_stack
+    backlog = 4
+    stack.must("stop", "worker-low")
+    try:
+        with httpx.Client(base_url=stack.url("API_PORT"), timeout=30) as client:
+            ids = [
+                submit(client, "demo.echo", {"message": f"waiting-{n}"}, queue="low", priority=n)
+                for n in range(backlog)
+            ]
+
+        def low_backlog() -> float:
+            text = httpx.get(stack.url("CELERY_EXPORTER_PORT") + "/metrics", timeout=10).text
+            lengths = metric_values(text, "celery_queue_length")
+            return sum(value for labels, value in lengths.items() if 'queue_name="low' in labels)
+
+        assert wait_for(lambda: low_backlog() == backlog, 60), low_backlog()
+    finally:
+        stack.must("start", "worker-low")
+    with httpx.Client(base_url=stack.url("API_PORT"), timeout=30) as client:
+        bodies = wait_final(client, ids, timeout=90)
+    assert {body["state"] for body in bodies.values()} == {"SUCCEEDED"}, bodies
+    assert wait_healthy(stack, ("worker-low",), timeout=120) == []
+
+
+def test_monitoring_profile_scrapes_every_target_and_loads_the_alert_rules(
+    default_stack: ComposeStack,
+) -> None:
+    """Prometheus and Alertmanager of the `monitoring` profile against the running stack:
+    every scrape target up (Flower through its basic auth, the password as a compose
+    secret) and every alert rule loaded. Grafana has no stand-in image here."""
+    stack = default_stack
+    stack.profiles.add("monitoring")
+    stack.timed(
+        "monitoring_up_s",
+        *("--profile", "monitoring", "up", "--detach", "--wait", "prometheus", "alertmanager"),
+    )
+    prometheus = stack.url("PROMETHEUS_PORT")
+    expected_jobs = {"prometheus", "alertmanager", "api", "celery-exporter", "flower"}
+
+    def targets() -> dict[str, str]:
+        body = httpx.get(f"{prometheus}/api/v1/targets", timeout=10).json()
+        return {
+            target["labels"]["job"]: f"{target['health']} {target.get('lastError', '')}".strip()
+            for target in body["data"]["activeTargets"]
+        }
+
+    assert wait_for(lambda: set(targets().values()) == {"up"}, 90, interval=3), targets()
+    assert set(targets()) == expected_jobs
+    groups = httpx.get(f"{prometheus}/api/v1/rules", timeout=10).json()["data"]["groups"]
+    alerts = {
+        rule["name"] for group in groups for rule in group["rules"] if rule["type"] == "alerting"
+    }
+    assert {
+        "CeleryTaskFailureRateHigh",
+        "CeleryQueueBacklogHigh",
+        "CeleryWorkerDown",
+        "CeleryTaskRuntimeHigh",
+    } <= alerts, alerts
+    manager = httpx.get(stack.url("ALERTMANAGER_PORT") + "/api/v2/status", timeout=10).json()
+    assert manager["cluster"]["status"] in {"ready", "disabled"}, manager
+    assert "receivers" in manager["config"]["original"], manager
+
+
+def test_redis_master_kill_mid_stream_loses_and_duplicates_nothing(
+    default_stack: ComposeStack,
+) -> None:
+    stack = default_stack
+    accepted: list[tuple[str, float]] = []
+    refused: list[str] = []
+    stop = threading.Event()
+
+    def stream() -> None:
+        queues = tuple(QUEUE_TASKS)
+        with httpx.Client(base_url=stack.url("API_PORT"), timeout=60) as client:
+            number = 0
+            while not stop.is_set():
+                body = {
+                    "name": "demo.record_effect",
+                    "kwargs": {"key": f"{stack.name}-{number}", "seconds": 0.05},
+                    "queue": queues[number % len(queues)],
+                }
+                sent = time.time()
+                try:
+                    response = client.post("/api/v1/tasks", json=body)
+                except httpx.TransportError as exc:
+                    refused.append(repr(exc))
+                else:
+                    if response.status_code == 202:
+                        accepted.append((response.json()["id"], sent))
+                    else:
+                        refused.append(f"{response.status_code} {response.text[:200]}")
+                number += 1
+                time.sleep(0.05)
+
+    assert wait_for(lambda: current_master(stack) == "redis-master", 30), current_master(stack)
+    producer = threading.Thread(target=stream, daemon=True)
+    producer.start()
+    time.sleep(5)
+    stack.must("kill", "redis-master")
+    killed_at = time.time()  # the container is gone once `kill` returns
+    promoted_after = None
+    while time.time() - killed_at < 60:
+        if current_master(stack) == "redis-replica":
+            promoted_after = round(time.time() - killed_at, 1)
+            break
+        time.sleep(1)
+    time.sleep(max(0.0, 25 - (time.time() - killed_at)))
+    stop.set()
+    producer.join(timeout=90)
+
+    with httpx.Client(base_url=stack.url("API_PORT"), timeout=30) as client:
+        bodies = wait_final(client, [task_id for task_id, _ in accepted], timeout=240)
+    states = [bodies[task_id]["state"] for task_id, _ in accepted]
+    counts = effect_counts(stack, [task_id for task_id, _ in accepted])
+    finished_after_kill = [
+        datetime.fromisoformat(body["finished_at"]).timestamp() - killed_at
+        for task_id, sent in accepted
+        if sent > killed_at and (body := bodies[task_id]).get("finished_at")
+    ]
+    unhealthy = wait_healthy(stack, WORKERS, timeout=180)
+    figures = {
+        "accepted": len(accepted),
+        "refused": len(refused),
+        "succeeded": states.count("SUCCEEDED"),
+        "lost": sum(1 for task_id, _ in accepted if counts.get(task_id, 0) == 0),
+        "duplicated": sum(1 for task_id, _ in accepted if counts.get(task_id, 0) > 1),
+        "promotion_s": promoted_after,
+        "tasks_flow_again_s": round(min(finished_after_kill), 1) if finished_after_kill else None,
+        "worker_restarts": {name: stack.restarts(name) for name in WORKERS},
+    }
+    FIGURES.setdefault("default", {})["failover"] = figures
+    write_figures()
+
+    assert promoted_after is not None, "Sentinel did not promote redis-replica within 60 s"
+    assert len(accepted) > 100, figures
+    assert not refused, figures | {"refused_examples": refused[:5]}
+    assert figures["succeeded"] == len(accepted), figures
+    assert figures["lost"] == 0, figures
+    assert figures["duplicated"] == 0, figures
+    assert figures["tasks_flow_again_s"] is not None, figures
+    assert not unhealthy, f"workers not healthy again: {unhealthy}"
+    # The stack keeps working on the new master, every worker group included.
+    assert run_one_task_per_queue(stack) == dict.fromkeys(QUEUE_TASKS, "SUCCEEDED")
+
+
+def effect_counts(stack: ComposeStack, task_ids: list[str]) -> dict[str, int]:
+    """Committed executions per task id, read in the ledger database (demo_effects)."""
+    query = "SELECT task_id, count(*) FROM demo_effects GROUP BY task_id"
+    result = stack.exec("db", f'psql -U app -d app -At -F " " -c "{query}"')
+    assert result.returncode == 0, result.explain()
+    counts = dict(line.split() for line in result.output.splitlines() if line.strip())
+    return {task_id: int(counts.get(task_id, 0)) for task_id in task_ids}
+
+
+def test_down_removes_containers_volumes_and_networks(default_stack: ComposeStack) -> None:
+    result = default_stack.down()
+    assert result.returncode == 0, result.explain()
+    assert default_stack.leftovers() == []
+
+
+# --- mysql bake: the MariaDB ledger under compose, a shorter smoke ------------------------
+@pytest.mark.parametrize("combo", combo_params((BY_ID["mysql-py312-apache-berlin"],)))
+def test_mysql_bake_comes_up_and_runs_tasks(bake, combo, stand_in_images, tmp_path_factory):
+    stack = started_copy(bake, combo.id, stand_in_images, tmp_path_factory)
+    try:
+        stack.build_and_start()
+        rows = stack.services()
+        unhealthy = {name: row.get("Health") for name, row in rows.items() if name != "migrate"}
+        assert set(unhealthy.values()) == {"healthy"}, unhealthy
+        assert run_one_task_per_queue(stack) == dict.fromkeys(QUEUE_TASKS, "SUCCEEDED")
+    finally:
+        stack.save_logs()
+        down = stack.down()
+        FIGURES[combo.id] = stack.timings
+        write_figures()
+    assert down.returncode == 0, down.explain()
+    assert stack.leftovers() == []

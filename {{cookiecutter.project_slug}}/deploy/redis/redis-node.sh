@@ -1,0 +1,70 @@
+#!/bin/sh
+# One node of the Redis Sentinel group: redis-node.sh master|replica|sentinel.
+# Runs inside the official Redis image (docker-compose.yml mounts deploy/redis/ at
+# /etc/redis-node). On the FIRST start it writes the node's config into its data volume;
+# after that Redis and Sentinel own the file (CONFIG REWRITE after a failover), so a
+# restarted node keeps its current role and epoch instead of the one it was created with.
+# Passwords come from the environment, never from the command line.
+#   REDIS_ANNOUNCE_HOST  this node's DNS name (announced to Sentinel and to clients)
+#   REDIS_MASTER_HOST    the first master's DNS name (default redis-master)
+#   REDIS_MASTER_NAME, REDIS_PASSWORD, REDIS_SENTINEL_PASSWORD
+#   SENTINEL_QUORUM (2), SENTINEL_DOWN_AFTER_MS (5000), SENTINEL_FAILOVER_TIMEOUT_MS (30000)
+set -eu
+
+role="${1:?usage: redis-node.sh master|replica|sentinel}"
+announce="${REDIS_ANNOUNCE_HOST:?REDIS_ANNOUNCE_HOST must name this node}"
+master_host="${REDIS_MASTER_HOST:-redis-master}"
+master_name="${REDIS_MASTER_NAME:-mymaster}"
+: "${REDIS_PASSWORD:?REDIS_PASSWORD must be set}"
+conf="/data/$role.conf"
+
+if [ ! -s "$conf" ]; then
+  umask 077
+  case "$role" in
+    master | replica)
+      {
+        echo "# Written by redis-node.sh on first start; Redis rewrites it after failovers."
+        echo "include /etc/redis-node/persistence.conf"
+        echo "dir /data"
+        echo "port 6379"
+        echo "requirepass $REDIS_PASSWORD"
+        # A demoted master must authenticate to the new one.
+        echo "masterauth $REDIS_PASSWORD"
+        # Known to Sentinel (and so to clients) by name: container IPs change on restart.
+        echo "replica-announce-ip $announce"
+        if [ "$role" = replica ]; then
+          echo "replicaof $master_host 6379"
+        fi
+      } >"$conf"
+      ;;
+    sentinel)
+      : "${REDIS_SENTINEL_PASSWORD:?REDIS_SENTINEL_PASSWORD must be set}"
+      {
+        echo "# Written by redis-node.sh on first start; Sentinel rewrites it as it learns."
+        echo "port 26379"
+        echo "dir /data"
+        echo "sentinel resolve-hostnames yes"
+        echo "sentinel announce-hostnames yes"
+        echo "sentinel announce-ip $announce"
+        echo "requirepass $REDIS_SENTINEL_PASSWORD"
+        # Sentinels authenticate to each other with their own password.
+        echo "sentinel sentinel-pass $REDIS_SENTINEL_PASSWORD"
+        echo "sentinel monitor $master_name $master_host 6379 ${SENTINEL_QUORUM:-2}"
+        echo "sentinel auth-pass $master_name $REDIS_PASSWORD"
+        echo "sentinel down-after-milliseconds $master_name ${SENTINEL_DOWN_AFTER_MS:-5000}"
+        echo "sentinel failover-timeout $master_name ${SENTINEL_FAILOVER_TIMEOUT_MS:-30000}"
+        echo "sentinel parallel-syncs $master_name 1"
+      } >"$conf"
+      ;;
+    *)
+      echo "redis-node.sh: unknown role '$role' (master, replica or sentinel)" >&2
+      exit 64
+      ;;
+  esac
+fi
+
+# The image's own entrypoint drops to the redis user and fixes ownership of /data.
+if [ "$role" = sentinel ]; then
+  exec docker-entrypoint.sh redis-server "$conf" --sentinel
+fi
+exec docker-entrypoint.sh redis-server "$conf"

@@ -1,0 +1,93 @@
+"""docker-compose.yml keeps its promises: health, restarts, grace periods, image variables.
+
+These read the file only; running the stack is the container tier's job.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from {{ cookiecutter.package_name }}.settings import Settings
+
+COMPOSE_FILE = Path(__file__).resolve().parents[2] / "docker-compose.yml"
+ONE_SHOT = {"migrate"}
+WORKERS = ("worker-high", "worker-default", "worker-low")
+
+
+@pytest.fixture(scope="module")
+def services() -> dict[str, dict[str, Any]]:
+    document = yaml.safe_load(COMPOSE_FILE.read_text())
+    found: dict[str, dict[str, Any]] = document["services"]
+    return found
+
+
+def seconds(duration: str) -> float:
+    """A compose duration (`6m`, `40s`, `1m30s`) in seconds."""
+    parts = re.findall(r"(\d+(?:\.\d+)?)(h|m|s|ms)", duration)
+    assert parts, f"not a duration: {duration!r}"
+    scale = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+    return sum(float(number) * scale[unit] for number, unit in parts)
+
+
+def default_of(value: str) -> str:
+    """`${NAME:-default}` -> default; a plain value is its own default."""
+    match = re.fullmatch(r"\$\{[A-Z_]+:-(.+)\}", value)
+    return match.group(1) if match else value
+
+
+def test_every_long_running_service_has_a_healthcheck_and_a_restart_policy(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    for name, service in services.items():
+        if name in ONE_SHOT:
+            assert service.get("restart") == "no", name
+            continue
+        assert service.get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
+        assert service.get("restart") == "unless-stopped", f"{name} is not restarted"
+
+
+def test_app_services_wait_for_healthy_dependencies_and_the_migration(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    for name, service in services.items():
+        for dependency, condition in service.get("depends_on", {}).items():
+            expected = (
+                "service_completed_successfully" if dependency in ONE_SHOT else "service_healthy"
+            )
+            assert condition["condition"] == expected, (name, dependency)
+    for name in ("api", "beat", *WORKERS):
+        assert "migrate" in services[name]["depends_on"], name
+
+
+@pytest.mark.reliability("R20")
+def test_worker_grace_period_outlasts_the_hard_time_limit(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    """A warm shutdown lets running tasks finish: compose must not SIGKILL them earlier."""
+    limit = Settings().task_time_limit
+    for name in WORKERS:
+        grace = seconds(default_of(services[name]["stop_grace_period"]))
+        assert grace > limit, f"{name}: stop_grace_period {grace} s <= TASK_TIME_LIMIT {limit} s"
+
+
+def test_every_image_is_overridable_by_a_variable(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    for name, service in services.items():
+        image = service.get("image", "")
+        assert re.fullmatch(r"\$\{[A-Z_]+_IMAGE:-[^}]+\}", image), f"{name}: image {image!r}"
+
+
+def test_app_containers_are_read_only_with_a_tmpfs(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    for name, service in services.items():
+        if "/app/deploy/entrypoints/" not in " ".join(service.get("command", [])):
+            continue
+        assert service.get("read_only") is True, name
+        assert "/tmp" in service.get("tmpfs", []), name
