@@ -38,6 +38,12 @@ echo "ci/test.sh: tools ready in $((SECONDS - started)) s ($(uv --version), $("$
 ruff check tests
 ruff format --check tests
 
+# The Docker engine and Compose v2 (pass 1 checks every bake's compose file; pass 2 runs
+# the container tier). As root or under CI only: elsewhere those tests skip and say why.
+if [ "$(id -u)" -eq 0 ] || [ "${CI:-}" = true ]; then
+  bash ci/docker-engine.sh
+fi
+
 # Pass 1: bakes, lint and unit tiers, two at a time. Pass 2: the baked projects' real-process
 # tiers (Redis, Sentinel, databases, workers) and the container tier (docker compose on a
 # Docker engine that tests/compose.py starts), one at a time so timing bounds stay honest.

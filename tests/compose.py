@@ -12,6 +12,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import socket
 import subprocess
 import time
@@ -57,6 +58,15 @@ def missing(message: str) -> None:
     if running_in_ci():
         pytest.fail(f"{message} (CI=true: the container tier cannot be skipped)")
     pytest.skip(message)
+
+
+def require_compose() -> None:
+    """The `docker compose` CLI (Compose v2) answers; ci/docker-engine.sh installs it."""
+    if shutil.which("docker") is None:
+        missing("no docker CLI: apt-get install docker.io (or run ci/docker-engine.sh)")
+    probe = run(["docker", "compose", "version"], cwd=TEMPLATE_DIR)
+    if probe.returncode != 0:
+        missing("no Compose v2 plugin: run ci/docker-engine.sh\n" + probe.explain(10))
 
 
 def images() -> dict[str, str]:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from compose import require_compose
+
 from combinations import SUPPORTED
 from conftest import COMMAND_TIMEOUT, Baked, Result, combo_params, require, run
 
@@ -164,6 +166,20 @@ def test_unselected_features_are_pruned(bake, combo) -> None:
 
 
 # --- the baked project's own checks -----------------------------------------------------
+@ALL
+def test_compose_file_is_valid_and_keeps_its_promises(bake, combo) -> None:
+    """`docker compose config` accepts every bake's file (all profiles, .env interpolated)
+    and the bake's own compose checks pass; the container tier runs two of them for real."""
+    baked = bake(combo)
+    require_compose()
+    config = run(
+        ["docker", "compose", "--profile", "monitoring", "config", "--quiet"], cwd=baked.path
+    )
+    assert config.returncode == 0, config.explain()
+    promises = run(["uv", "run", "pytest", "-q", "tests/unit/test_compose_file.py"], cwd=baked.path)
+    assert promises.returncode == 0, promises.explain()
+
+
 @ALL
 def test_make_lint_passes(bake, combo) -> None:
     baked = bake(combo)
