@@ -97,7 +97,12 @@ def test_a_poison_task_goes_dead_after_the_attempt_limit(
     assert int(row["attempts"]) == int(LEDGER_SETTINGS["LEDGER_MAX_ATTEMPTS"]) + 1
     listed = api.get("/api/v1/dead-letters?limit=500").json()
     assert task_id in [item["id"] for item in listed]
-    assert queue_length(redis_cluster.master_client(), "dead") >= 1
+    # The copy is published right after the DEAD row commits: give it a moment to land.
+    wait_until(
+        lambda: queue_length(redis_cluster.master_client(), "dead") >= 1,
+        10,
+        "the dead-letter copy never reached the dead queue",
+    )
 
 
 @pytest.mark.reliability("R02")
