@@ -8,6 +8,7 @@ file and Dockerfile already expose (PYTHON_IMAGE, REDIS_IMAGE, ...).
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -30,23 +31,29 @@ IMAGES_SCRIPT = TEMPLATE_DIR / "ci" / "images" / "build.sh"
 # Failed stacks leave their compose logs here (git-ignored) for the CI log collector.
 LOG_DIR = TEMPLATE_DIR / ".ci-logs"
 
-# The users' own settings, shortened so redelivery and reconcile happen within a test:
-# the same values the baked project's harness uses (tests/harness/stack.py TEST_SETTINGS).
-FAST_SETTINGS = {
-    "VISIBILITY_TIMEOUT": "20",
-    "TASK_SOFT_TIME_LIMIT": "8",
-    "TASK_TIME_LIMIT": "10",
-    "TASK_RETRY_BACKOFF_MAX": "5",
-    "TASK_DEFAULT_RETRY_DELAY": "1",
-    "UNACKED_RESTORE_INTERVAL": "2",
+# Reconcile and shutdown timings shortened on top of the harness's own test settings, so a
+# message lost in the failover is re-published, and `down` returns, within a test.
+CONTAINER_SETTINGS = {
     "RECONCILE_INTERVAL": "5",
     "RECONCILE_QUEUED_AFTER": "10",
     "RECONCILE_PUBLISHED_AFTER": "30",
-    "WORKER_WATCHDOG_INTERVAL": "3",
-    "WORKER_WATCHDOG_TIMEOUT": "30",
     # Compose reads it from .env: a warm shutdown waits at most TASK_TIME_LIMIT.
     "WORKER_STOP_GRACE_PERIOD": "30s",
 }
+
+
+def fast_settings(project: Path) -> dict[str, str]:
+    """The baked harness's TEST_SETTINGS (tests/harness/stack.py: short visibility timeout,
+    time limits, watchdog...) plus CONTAINER_SETTINGS: the users' own settings, shortened
+    the same way in both tiers. Read from the source, not imported: the bake's
+    dependencies are not installed in the template's environment."""
+    source = (project / "tests" / "harness" / "stack.py").read_text()
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign) and any(
+            isinstance(target, ast.Name) and target.id == "TEST_SETTINGS" for target in node.targets
+        ):
+            return {**ast.literal_eval(node.value), **CONTAINER_SETTINGS}
+    raise AssertionError(f"no TEST_SETTINGS in {project}/tests/harness/stack.py")
 
 
 def running_in_ci() -> bool:
@@ -134,19 +141,7 @@ class ComposeStack:
             env_file.writelines(f"{key}={value}\n" for key, value in settings.items())
 
     def compose(self, *args: str, timeout: float = 600) -> Result:
-        command = ["docker", "compose", *args]
-        completed = subprocess.run(
-            command,
-            cwd=self.path,
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-        return Result(command=command, returncode=completed.returncode, output=completed.stdout)
+        return run(["docker", "compose", *args], cwd=self.path, timeout=timeout, env=self.env)
 
     def must(self, *args: str, timeout: float = 600) -> Result:
         result = self.compose(*args, timeout=timeout)
@@ -182,13 +177,14 @@ class ComposeStack:
 
     def restarts(self, service: str) -> int:
         container = str(self.services()[service]["Name"])
-        inspected = subprocess.run(
-            ["docker", "inspect", "--format", "{{.RestartCount}}", container],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        return int(inspected.stdout.strip())
+        inspected = self.docker("inspect", "--format", "{{.RestartCount}}", container)
+        return int(inspected.output.strip())
+
+    def docker(self, *args: str) -> Result:
+        """A plain `docker` command that must succeed."""
+        result = run(["docker", *args], cwd=self.path, timeout=60, env=self.env)
+        assert result.returncode == 0, result.explain()
+        return result
 
     def exec(self, service: str, script: str, timeout: float = 30) -> Result:
         """Run a shell snippet inside a service's container (its environment applies);
@@ -215,13 +211,8 @@ class ComposeStack:
         label = f"label=com.docker.compose.project={self.name}"
         found: list[str] = []
         for kind in (["ps", "--all"], ["volume", "ls"], ["network", "ls"]):
-            listed = subprocess.run(
-                ["docker", *kind, "--quiet", "--filter", label],
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            found += [f"{kind[0]} {item}" for item in listed.stdout.split()]
+            listed = self.docker(*kind, "--quiet", "--filter", label)
+            found += [f"{kind[0]} {item}" for item in listed.output.split()]
         return found
 
     def down(self) -> Result:

@@ -12,7 +12,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,12 +55,17 @@ def project_env() -> dict[str, str]:
     return env
 
 
-def run(command: list[str], cwd: Path, timeout: float = COMMAND_TIMEOUT) -> Result:
-    """Run a command, capturing stdout and stderr together."""
+def run(
+    command: list[str],
+    cwd: Path,
+    timeout: float = COMMAND_TIMEOUT,
+    env: Mapping[str, str] | None = None,
+) -> Result:
+    """Run a command, capturing stdout and stderr together (environment: project_env())."""
     completed = subprocess.run(
         command,
         cwd=cwd,
-        env=project_env(),
+        env=dict(env) if env is not None else project_env(),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from compose import FAST_SETTINGS, LOG_DIR, ComposeStack, images
+from compose import LOG_DIR, ComposeStack, fast_settings, images
 from test_bake import BY_ID
 
 from conftest import combo_params
@@ -53,7 +53,7 @@ def started_copy(bake, combo_id: str, stand_in_images, tmp_path_factory) -> Comp
     target = tmp_path_factory.mktemp(f"compose-{combo_id}") / baked.path.name
     shutil.copytree(baked.path, target, ignore=shutil.ignore_patterns(".venv", "__pycache__"))
     stack = ComposeStack(target, stand_in_images)
-    stack.configure(FAST_SETTINGS)
+    stack.configure(fast_settings(target))
     return stack
 
 
@@ -254,45 +254,6 @@ def test_exporter_counts_a_backlog_across_priority_levels(default_stack: Compose
     assert wait_healthy(stack, ("worker-low",), timeout=120) == []
 
 
-def test_monitoring_profile_scrapes_every_target_and_loads_the_alert_rules(
-    default_stack: ComposeStack,
-) -> None:
-    """Prometheus and Alertmanager of the `monitoring` profile against the running stack:
-    every scrape target up (Flower through its basic auth, the password as a compose
-    secret) and every alert rule loaded. Grafana has no stand-in image here."""
-    stack = default_stack
-    stack.profiles.add("monitoring")
-    stack.timed(
-        "monitoring_up_s",
-        *("--profile", "monitoring", "up", "--detach", "--wait", "prometheus", "alertmanager"),
-    )
-    prometheus = stack.url("PROMETHEUS_PORT")
-    expected_jobs = {"prometheus", "alertmanager", "api", "celery-exporter", "flower"}
-
-    def targets() -> dict[str, str]:
-        body = httpx.get(f"{prometheus}/api/v1/targets", timeout=10).json()
-        return {
-            target["labels"]["job"]: f"{target['health']} {target.get('lastError', '')}".strip()
-            for target in body["data"]["activeTargets"]
-        }
-
-    assert wait_for(lambda: set(targets().values()) == {"up"}, 90, interval=3), targets()
-    assert set(targets()) == expected_jobs
-    groups = httpx.get(f"{prometheus}/api/v1/rules", timeout=10).json()["data"]["groups"]
-    alerts = {
-        rule["name"] for group in groups for rule in group["rules"] if rule["type"] == "alerting"
-    }
-    assert {
-        "CeleryTaskFailureRateHigh",
-        "CeleryQueueBacklogHigh",
-        "CeleryWorkerDown",
-        "CeleryTaskRuntimeHigh",
-    } <= alerts, alerts
-    manager = httpx.get(stack.url("ALERTMANAGER_PORT") + "/api/v2/status", timeout=10).json()
-    assert manager["cluster"]["status"] in {"ready", "disabled"}, manager
-    assert "receivers" in manager["config"]["original"], manager
-
-
 def test_redis_master_kill_mid_stream_loses_and_duplicates_nothing(
     default_stack: ComposeStack,
 ) -> None:
@@ -384,7 +345,47 @@ def effect_counts(stack: ComposeStack, task_ids: list[str]) -> dict[str, int]:
     return {task_id: int(counts.get(task_id, 0)) for task_id in task_ids}
 
 
+def test_monitoring_profile_scrapes_every_target_and_loads_the_alert_rules(
+    default_stack: ComposeStack,
+) -> None:
+    """Prometheus and Alertmanager of the `monitoring` profile against the running stack:
+    every scrape target up (Flower through its basic auth, the password as a compose
+    secret) and every alert rule loaded. Grafana has no stand-in image here."""
+    stack = default_stack
+    stack.profiles.add("monitoring")
+    stack.timed(
+        "monitoring_up_s",
+        *("--profile", "monitoring", "up", "--detach", "--wait", "prometheus", "alertmanager"),
+    )
+    prometheus = stack.url("PROMETHEUS_PORT")
+    expected_jobs = {"prometheus", "alertmanager", "api", "celery-exporter", "flower"}
+
+    def targets() -> dict[str, str]:
+        body = httpx.get(f"{prometheus}/api/v1/targets", timeout=10).json()
+        return {
+            target["labels"]["job"]: f"{target['health']} {target.get('lastError', '')}".strip()
+            for target in body["data"]["activeTargets"]
+        }
+
+    assert wait_for(lambda: set(targets().values()) == {"up"}, 90, interval=3), targets()
+    assert set(targets()) == expected_jobs
+    groups = httpx.get(f"{prometheus}/api/v1/rules", timeout=10).json()["data"]["groups"]
+    alerts = {
+        rule["name"] for group in groups for rule in group["rules"] if rule["type"] == "alerting"
+    }
+    assert {
+        "CeleryTaskFailureRateHigh",
+        "CeleryQueueBacklogHigh",
+        "CeleryWorkerDown",
+        "CeleryTaskRuntimeHigh",
+    } <= alerts, alerts
+    manager = httpx.get(stack.url("ALERTMANAGER_PORT") + "/api/v2/status", timeout=10).json()
+    assert manager["cluster"]["status"] in {"ready", "disabled"}, manager
+    assert "receivers" in manager["config"]["original"], manager
+
+
 def test_down_removes_containers_volumes_and_networks(default_stack: ComposeStack) -> None:
+    default_stack.save_logs()  # what the earlier tests left, before it is gone
     result = default_stack.down()
     assert result.returncode == 0, result.explain()
     assert default_stack.leftovers() == []
