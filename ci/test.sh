@@ -38,6 +38,11 @@ echo "ci/test.sh: tools ready in $((SECONDS - started)) s ($(uv --version), $("$
 ruff check tests
 ruff format --check tests
 
+# helm for the chart tests of every bake with use_helm=yes (root or CI only, as below).
+if [ "$(id -u)" -eq 0 ] || [ "${CI:-}" = true ]; then
+  bash ci/helm.sh
+fi
+
 # The Docker engine and Compose v2 (pass 1 checks every bake's compose file; pass 2 runs
 # the container tier). As root or under CI only: elsewhere those tests skip and say why.
 if [ "$(id -u)" -eq 0 ] || [ "${CI:-}" = true ]; then

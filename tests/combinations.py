@@ -12,6 +12,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from jinja2 import Environment
+
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent
 QUESTIONS: dict[str, object] = json.loads((TEMPLATE_DIR / "cookiecutter.json").read_text())
 
@@ -24,11 +26,28 @@ class Combo:
     answers: dict[str, str] = field(default_factory=dict)
 
     def answer(self, question: str) -> str:
-        """The effective answer: the override, else the default (first choice)."""
-        if question in self.answers:
-            return self.answers[question]
-        default = QUESTIONS[question]
-        return str(default[0] if isinstance(default, list) else default)
+        """The effective answer: the override, else the default (first choice), rendered
+        against the answers before it as cookiecutter renders it (use_helm's default
+        follows database and redis_mode)."""
+        return effective_answers(self.answers)[question]
+
+
+# Renders answers the way cookiecutter does (plain text, never HTML).
+JINJA = Environment(autoescape=False)
+
+
+def effective_answers(overrides: dict[str, str]) -> dict[str, str]:
+    """Every question's answer, in cookiecutter.json's order: override, else the default."""
+    answers: dict[str, str] = {}
+    for question, default in QUESTIONS.items():
+        if question.startswith("_"):
+            continue
+        if question in overrides:
+            answers[question] = overrides[question]
+            continue
+        raw = str(default[0] if isinstance(default, list) else default)
+        answers[question] = JINJA.from_string(raw).render(cookiecutter=answers)
+    return answers
 
 
 SUPPORTED: tuple[Combo, ...] = (
@@ -46,7 +65,6 @@ SUPPORTED: tuple[Combo, ...] = (
         "sqlite-nohelm-py313-bsd",
         {
             "database": "sqlite",
-            "use_helm": "no",
             "python_version": "3.13",
             "license": "BSD-3-Clause",
         },
@@ -55,7 +73,6 @@ SUPPORTED: tuple[Combo, ...] = (
         "standalone-nohelm-proprietary-custom-names",
         {
             "redis_mode": "standalone",
-            "use_helm": "no",
             "license": "Proprietary",
             "project_name": "Billing Jobs",
             "package_name": "billing_core",
@@ -104,9 +121,11 @@ UNSUPPORTED: tuple[Unsupported, ...] = (
 
 
 def choice_questions() -> dict[str, list[str]]:
-    """Every question of cookiecutter.json that offers a fixed list of answers."""
+    """Every question of cookiecutter.json that offers a fixed list of answers (options that
+    are expressions rendered against the default answers)."""
+    defaults = effective_answers({})
     return {
-        key: [str(v) for v in value]
+        key: [JINJA.from_string(str(v)).render(cookiecutter=defaults) for v in value]
         for key, value in QUESTIONS.items()
         if isinstance(value, list) and not key.startswith("_")
     }

@@ -75,3 +75,12 @@ def test_valid_answers_pass_the_hooks(output_dir) -> None:
     assert result.returncode == 0, result.explain()
     assert [p.name for p in output_dir.iterdir()] == ["billing-jobs"]
     assert (output_dir / "billing-jobs" / "src" / "billing_core").is_dir()
+
+
+@pytest.mark.parametrize("answer", ["database=sqlite", "redis_mode=standalone"])
+def test_the_chart_question_follows_the_answers(output_dir, answer) -> None:
+    """No chart for a one-machine answer, without a third answer to get past a refusal."""
+    result = cookiecutter(output_dir, answer)
+    assert result.returncode == 0, result.explain()
+    project = next(output_dir.iterdir())
+    assert not (project / "deploy" / "helm").exists()

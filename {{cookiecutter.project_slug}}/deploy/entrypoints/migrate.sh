@@ -1,5 +1,10 @@
 #!/usr/bin/env bash
-# One-shot: bring the ledger database schema to the current revision.
+# The ledger database schema: with no argument, bring it to the current revision (one-shot,
+# before the app processes start); `migrate.sh wait` blocks until another run has done so
+# (init containers of Kubernetes pods).
 # Every deployment and the test harness run this before the app processes start.
 set -o errexit -o pipefail -o nounset
-exec python -m {{ cookiecutter.package_name }}.ledger.migrate upgrade "${1:-head}"
+if [ "$#" -eq 0 ]; then
+  set -- upgrade head
+fi
+exec python -m {{ cookiecutter.package_name }}.ledger.migrate "$@"

@@ -12,7 +12,8 @@ import sys
 from collections.abc import Sequence
 from typing import get_args
 
-from {{ cookiecutter.package_name }}.settings import QueueGroup, Settings, get_settings
+from {{ cookiecutter.package_name }}.queues import QUEUE_NAMES
+from {{ cookiecutter.package_name }}.settings import Pool, QueueGroup, Settings, WorkerGroup, get_settings
 
 CELERY_APP = "{{ cookiecutter.package_name }}.celery_app"
 
@@ -26,20 +27,46 @@ def api_command(settings: Settings) -> list[str]:
     ]
 
 
-def worker_command(settings: Settings, queue: QueueGroup) -> list[str]:
-    group = settings.worker_group(queue)
+def worker_command(settings: Settings, group: WorkerGroup) -> list[str]:
     return [
         "celery",
         "--app",
         CELERY_APP,
         "worker",
-        f"--queues={group.queue}",
+        f"--queues={','.join(group.queues)}",
         # R19: -P on the command line, so gevent monkey-patches before anything imports.
         f"--pool={group.pool}",
         f"--concurrency={group.concurrency}",
-        f"--hostname={group.queue}@%h",
+        f"--hostname={group.name}@%h",
         f"--loglevel={settings.log_level}",
     ]
+
+
+def worker_group(settings: Settings, options: argparse.Namespace) -> WorkerGroup:
+    """The group named on the command line (settings), with any flag overriding it.
+
+    Compose starts `worker.sh high`; a Kubernetes Deployment spells its group out
+    (`worker.sh --name=bulk --queues=low,default --pool=gevent --concurrency=50`).
+    """
+    base = settings.worker_group(options.queue) if options.queue else None
+    queues = tuple(q for q in (options.queues or "").split(",") if q) or (
+        base.queues if base else ()
+    )
+    pool = options.pool or (base.pool if base else None)
+    concurrency = options.concurrency or (base.concurrency if base else None)
+    if not queues or pool is None or concurrency is None:
+        groups = ", ".join(get_args(QueueGroup))
+        raise SystemExit(
+            f"worker needs a queue group ({groups}) or all of --queues, --pool and --concurrency"
+        )
+    unknown = sorted(set(queues) - set(QUEUE_NAMES))
+    if unknown:
+        raise SystemExit(
+            f"worker --queues names unknown queues {', '.join(unknown)}:"
+            f" the queues are {', '.join(QUEUE_NAMES)} (queues.py)"
+        )
+    name = options.name or (base.name if base else queues[0])
+    return WorkerGroup(name, queues, pool, concurrency)
 
 
 def beat_command(settings: Settings) -> list[str]:
@@ -60,12 +87,9 @@ def flower_command(settings: Settings) -> list[str]:
 {%- endif %}
 
 
-def command_for(kind: str, queue: QueueGroup | None, settings: Settings) -> list[str]:
+def command_for(kind: str, options: argparse.Namespace, settings: Settings) -> list[str]:
     if kind == "worker":
-        if queue is None:
-            groups = ", ".join(get_args(QueueGroup))
-            raise SystemExit(f"worker needs a queue group: one of {groups}")
-        return worker_command(settings, queue)
+        return worker_command(settings, worker_group(settings, options))
     builders = {
         "api": api_command,
         "beat": beat_command,
@@ -76,13 +100,28 @@ def command_for(kind: str, queue: QueueGroup | None, settings: Settings) -> list
     return builders[kind](settings)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("kind", choices=["api", "worker", "beat"{% if cookiecutter.use_flower == "yes" %}, "flower"{% endif %}])
     parser.add_argument("queue", nargs="?", choices=get_args(QueueGroup))
-    options = parser.parse_args(argv)
+    parser.add_argument("--name", help="worker: the group's name (the node name's prefix)")
+    parser.add_argument("--queues", help="worker: comma-separated queues to consume")
+    parser.add_argument("--pool", choices=get_args(Pool), help="worker: execution pool")
+    parser.add_argument("--concurrency", type=positive_int, help="worker: pool slots")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    options = build_parser().parse_args(argv)
     settings = get_settings()
-    command = command_for(options.kind, options.queue, settings)
+    command = command_for(options.kind, options, settings)
     env = dict(os.environ)
 {%- if cookiecutter.use_flower == "yes" %}
     if options.kind == "flower":

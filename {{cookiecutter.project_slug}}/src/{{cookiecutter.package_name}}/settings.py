@@ -17,9 +17,10 @@ CommaList = Annotated[tuple[str, ...], NoDecode]
 
 @dataclass(frozen=True)
 class WorkerGroup:
-    """How one queue group's workers run: which pool, how many slots."""
+    """How one group of workers runs: its name, the queues it consumes, pool and slots."""
 
-    queue: QueueGroup
+    name: str
+    queues: tuple[str, ...]
     pool: Pool
     concurrency: int
 
@@ -214,7 +215,7 @@ class Settings(BaseSettings):
     def worker_group(self, queue: QueueGroup) -> WorkerGroup:
         pool: Pool = getattr(self, f"worker_{queue}_pool")
         concurrency: int = getattr(self, f"worker_{queue}_concurrency")
-        return WorkerGroup(queue, pool, concurrency)
+        return WorkerGroup(queue, (queue,), pool, concurrency)
 
 
 @lru_cache(maxsize=1)

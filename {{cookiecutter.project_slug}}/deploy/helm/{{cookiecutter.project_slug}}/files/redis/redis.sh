@@ -1,0 +1,45 @@
+#!/bin/sh
+# The redis container: find the current master, write redis.conf, run redis-server on it.
+# The config is written anew at every start, so a restarted node always comes back as
+# what the cluster needs now (a replica of the current master), whatever it was before.
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$(dirname "$0")/lib.sh"
+
+discover_master
+conf=$REDIS_CONF_DIR/redis.conf
+# It holds the passwords.
+umask 077
+cat >"$conf" <<EOF
+# Written by redis.sh at each start; Sentinel may rewrite it (CONFIG REWRITE) meanwhile.
+include $(conf_string "$REDIS_PERSISTENCE_CONF")
+bind $REDIS_BIND
+port $REDIS_PORT
+dir $(conf_string "$REDIS_DATA_DIR")
+requirepass $(conf_string "$REDIS_PASSWORD")
+# A demoted master must authenticate to the new one.
+masterauth $(conf_string "$REDIS_PASSWORD")
+# Known to replicas, sentinels and clients by its Service name: pod IPs change.
+replica-announce-ip $my_host
+# A broker must never drop messages: when memory is full, writes fail instead.
+maxmemory-policy noeviction
+EOF
+
+if [ -n "$REDIS_MAXMEMORY" ]; then
+  echo "maxmemory $REDIS_MAXMEMORY" >>"$conf"
+fi
+if [ "$REDIS_MIN_REPLICAS_TO_WRITE" -gt 0 ]; then
+  # A master cut off from its replicas stops taking writes a failover would discard.
+  {
+    echo "min-replicas-to-write $REDIS_MIN_REPLICAS_TO_WRITE"
+    echo "min-replicas-max-lag $REDIS_MIN_REPLICAS_MAX_LAG"
+  } >>"$conf"
+fi
+
+if [ "$master_host" = "$my_host" ]; then
+  log "ordinal $REDIS_ORDINAL ($my_host) starts as the MASTER: $master_reason"
+else
+  echo "replicaof $master_host $REDIS_PORT" >>"$conf"
+  log "ordinal $REDIS_ORDINAL ($my_host) starts as a REPLICA of $master_host: $master_reason"
+fi
+
+exec redis-server "$conf"

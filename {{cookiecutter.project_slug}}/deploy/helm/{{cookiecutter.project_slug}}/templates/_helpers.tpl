@@ -1,0 +1,304 @@
+{{/* Names, labels and the pieces every component's pods share. */}}
+
+{{- define "chart.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* <release>-<chart>, or the release name alone when it already contains the chart's. */}}
+{{- define "chart.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := include "chart.name" . -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Labels of every object. Call with (dict "ctx" $ "component" "api"). */}}
+{{- define "chart.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .ctx.Chart.Name .ctx.Chart.Version | replace "+" "_" | trunc 63 }}
+app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
+app.kubernetes.io/part-of: {{ include "chart.name" .ctx }}
+app.kubernetes.io/version: {{ .ctx.Chart.AppVersion | quote }}
+{{ include "chart.selectorLabels" . }}
+{{- with .ctx.Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* The labels a Service or a controller selects one component's pods by. */}}
+{{- define "chart.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "chart.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{/* Every pod of the release (the default-deny policy selects these). */}}
+{{- define "chart.releaseSelector" -}}
+app.kubernetes.io/name: {{ include "chart.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "chart.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "chart.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "chart.image" -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end -}}
+
+{{/*
+A generated secret value that survives upgrades: the one already in the cluster when there
+is one (lookup), else a fresh random one. Base64, ready for a Secret's `data`.
+Call with (dict "ctx" $ "secret" NAME "key" KEY).
+*/}}
+{{- define "chart.generatedSecret" -}}
+{{- $existing := lookup "v1" "Secret" .ctx.Release.Namespace .secret -}}
+{{- if and $existing (hasKey ($existing.data | default dict) .key) -}}
+{{- index $existing.data .key -}}
+{{- else -}}
+{{- randAlphaNum 32 | b64enc -}}
+{{- end -}}
+{{- end -}}
+
+{{/* -- Security: the restricted Pod Security Standard, everywhere ------------------- */}}
+{{/* Call with (dict "uid" UID "gid" GID). */}}
+{{- define "chart.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: {{ .uid }}
+runAsGroup: {{ .gid }}
+fsGroup: {{ .gid }}
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{- define "chart.containerSecurityContext" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+runAsNonRoot: true
+capabilities:
+  drop: [ALL]
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{/* Pod-level fields every pod of the chart has. Call with the root context. */}}
+{{- define "chart.podCommon" -}}
+serviceAccountName: {{ include "chart.serviceAccountName" . }}
+{{ include "chart.podRuntime" . }}
+{{- end -}}
+
+{{/* The rest of chart.podCommon, for a pod that picks its own ServiceAccount. */}}
+{{- define "chart.podRuntime" -}}
+automountServiceAccountToken: {{ .Values.serviceAccount.automountToken }}
+enableServiceLinks: false
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- range . }}
+  - name: {{ . }}
+  {{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* Scheduling fields of a component's values block (nodeSelector, tolerations, ...). */}}
+{{- define "chart.scheduling" -}}
+{{- with .nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .topologySpreadConstraints }}
+topologySpreadConstraints:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{/* -- Redis: where the app finds it ----------------------------------------------- */}}
+{{- define "chart.redisSecretName" -}}
+{{- if .Values.redis.auth.existingSecret -}}
+{{- .Values.redis.auth.existingSecret -}}
+{{- else -}}
+{{- printf "%s-redis" (include "chart.fullname" .) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The stable name of Redis pod N: its own announce Service. Call with (list $ N). */}}
+{{- define "chart.redisNodeHost" -}}
+{{- $ctx := index . 0 -}}
+{{- printf "%s-redis-%d.%s.svc" (include "chart.fullname" $ctx) (index . 1) $ctx.Release.Namespace -}}
+{{- end -}}
+
+{{/* Sentinel addresses, host:port, comma-separated: the chart's own or redis.external's. */}}
+{{- define "chart.sentinels" -}}
+{{- if .Values.redis.enabled -}}
+{{- $hosts := list -}}
+{{- range $i := until (int .Values.redis.replicas) -}}
+{{- $hosts = append $hosts (printf "%s:26379" (include "chart.redisNodeHost" (list $ $i))) -}}
+{{- end -}}
+{{- join "," $hosts -}}
+{{- else -}}
+{{- join "," .Values.redis.external.sentinels -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "chart.redisMasterName" -}}
+{{- ternary .Values.redis.masterName .Values.redis.external.masterName .Values.redis.enabled -}}
+{{- end -}}
+
+{{/* Redis and Sentinel passwords as environment variables, from the Redis Secret. */}}
+{{- define "chart.redisPasswordEnv" -}}
+- name: REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "chart.redisSecretName" . }}
+      key: {{ .Values.redis.auth.passwordKey }}
+- name: REDIS_SENTINEL_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "chart.redisSecretName" . }}
+      key: {{ .Values.redis.auth.sentinelPasswordKey }}
+{{- end -}}
+
+{{/* -- The ledger database ----------------------------------------------------------- */}}
+{{- define "chart.databaseSecretName" -}}
+{{- if and (not .Values.database.internal.enabled) .Values.database.external.existingSecret -}}
+{{- .Values.database.external.existingSecret -}}
+{{- else -}}
+{{- printf "%s-database" (include "chart.fullname" .) -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "chart.databaseUrlKey" -}}
+{{- ternary .Values.database.external.urlKey "url" (and (not .Values.database.internal.enabled) (ne .Values.database.external.existingSecret "")) -}}
+{{- end -}}
+
+{{- define "chart.databaseUrlEnv" -}}
+- name: DATABASE_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "chart.databaseSecretName" . }}
+      key: {{ include "chart.databaseUrlKey" . }}
+{{- end -}}
+
+{{/* -- What every app pod gets --------------------------------------------------------- */}}
+{{- define "chart.appSecretName" -}}
+{{- default (printf "%s-app" (include "chart.fullname" .)) .Values.app.existingSecret -}}
+{{- end -}}
+
+
+{{- define "chart.appEnvFrom" -}}
+- configMapRef:
+    name: {{ include "chart.fullname" . }}-app
+- secretRef:
+    name: {{ include "chart.appSecretName" . }}
+{{- end -}}
+
+{{/* Restart the app pods when their settings or secrets change. */}}
+{{- define "chart.appChecksums" -}}
+checksum/app-config: {{ include (print .Template.BasePath "/app/configmap.yaml") . | sha256sum }}
+checksum/app-secret: {{ include (print .Template.BasePath "/app/secret.yaml") . | sha256sum }}
+{{- end -}}
+
+{{/* Writable scratch for a read-only root file system, and the heartbeat file. */}}
+{{- define "chart.tmpVolume" -}}
+- name: tmp
+  emptyDir:
+    medium: Memory
+    sizeLimit: 64Mi
+{{- end -}}
+
+{{- define "chart.tmpMount" -}}
+- name: tmp
+  mountPath: /tmp
+{{- end -}}
+
+{{/*
+The app container's fixed part. Call with (dict "ctx" $ "values" COMPONENT_VALUES), plus
+"database" false for a pod that never touches the ledger.
+*/}}
+{{- define "chart.appContainerCommon" -}}
+image: {{ include "chart.image" .ctx }}
+imagePullPolicy: {{ .ctx.Values.image.pullPolicy }}
+securityContext:
+  {{- include "chart.containerSecurityContext" . | nindent 2 }}
+env:
+  {{- include "chart.redisPasswordEnv" .ctx | nindent 2 }}
+  {{- if (hasKey . "database" | ternary .database true) }}
+  {{- include "chart.databaseUrlEnv" .ctx | nindent 2 }}
+  {{- end }}
+  {{- with .values.extraEnv }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
+envFrom:
+  {{- include "chart.appEnvFrom" .ctx | nindent 2 }}
+  {{- with .values.extraEnvFrom }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
+volumeMounts:
+  {{- include "chart.tmpMount" . | nindent 2 }}
+  {{- with .values.extraVolumeMounts }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
+resources:
+  {{- toYaml .values.resources | nindent 2 }}
+{{- end -}}
+
+{{/* Holds an app pod until the migrations Job has brought the schema up to date. */}}
+{{- define "chart.waitForMigrations" -}}
+- name: wait-for-migrations
+  image: {{ include "chart.image" . }}
+  imagePullPolicy: {{ .Values.image.pullPolicy }}
+  command: ["/app/deploy/entrypoints/migrate.sh", "wait", "--timeout", {{ .Values.migrations.waitTimeoutSeconds | quote }}]
+  securityContext:
+    {{- include "chart.containerSecurityContext" . | nindent 4 }}
+  env:
+    {{- include "chart.databaseUrlEnv" . | nindent 4 }}
+  envFrom:
+    - configMapRef:
+        name: {{ include "chart.fullname" . }}-app
+  volumeMounts:
+    {{- include "chart.tmpMount" . | nindent 4 }}
+  resources:
+    {{- toYaml .Values.migrations.resources | nindent 4 }}
+{{- end -}}
+
+{{/* A pod's volumes: /tmp and the component's extras. Call with COMPONENT_VALUES. */}}
+{{- define "chart.appVolumes" -}}
+volumes:
+  {{- include "chart.tmpVolume" . | nindent 2 }}
+  {{- with .extraVolumes }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
+{{- end -}}
+
+{{/* The exec probe of a heartbeat file (healthcheck.py). Call with MAX_AGE_SECONDS. */}}
+{{- define "chart.heartbeatProbe" -}}
+exec:
+  command: ["/app/deploy/entrypoints/healthcheck.sh", "heartbeat", "/tmp/heartbeat", "--max-age", {{ . | quote }}]
+{{- end -}}
+
+{{/* -- Priority lists: Redis keeps priority N of queue Q in the list "Q\x06\x16N" ----- */}}
+{{/* JSON-quoted list names of one queue (priority 0 is the bare name). Call with Q. */}}
+{{- define "chart.priorityLists" -}}
+{{- $queue := . -}}
+{{- $lists := list $queue -}}
+{{- range $level := untilStep 1 10 1 -}}
+{{- $lists = append $lists (printf "%s\x06\x16%d" $queue $level) -}}
+{{- end -}}
+{{- toJson $lists -}}
+{{- end -}}

@@ -1,0 +1,520 @@
+"""The Helm chart, rendered: which objects, and the promises each one keeps.
+
+Rendered offline with `helm template` (tests/harness/chart.py); nothing here needs a
+cluster. Wiring between objects (references, selectors, policies) is test_chart_wiring.py.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.harness.chart import (
+    CHART_NAME,
+    FULLNAME,
+    ROOT,
+    Obj,
+    containers,
+    find,
+    of_kind,
+    pod_spec,
+    render,
+)
+
+WORKLOADS = ("Deployment", "StatefulSet", "Job")
+WORKER_GROUPS = {
+    "high": ("high", "prefork", 2),
+    "default": ("default", "prefork", 2),
+    "low": ("low", "gevent", 50),
+}
+
+
+def default_objects() -> set[tuple[str, str]]:
+    """(kind, name) of every object the default values render."""
+    names = {
+        ("ServiceAccount", FULLNAME),
+        ("ConfigMap", f"{FULLNAME}-app"),
+        ("Secret", f"{FULLNAME}-app"),
+        ("Secret", f"{FULLNAME}-database"),
+        ("Secret", f"{FULLNAME}-redis"),
+        ("ConfigMap", f"{FULLNAME}-redis-scripts"),
+        ("Deployment", f"{FULLNAME}-api"),
+        ("Service", f"{FULLNAME}-api"),
+        ("PodDisruptionBudget", f"{FULLNAME}-api"),
+        ("Deployment", f"{FULLNAME}-beat"),
+        ("Job", f"{FULLNAME}-migrate-1"),
+        ("StatefulSet", f"{FULLNAME}-redis"),
+        ("Service", f"{FULLNAME}-redis-headless"),
+        ("PodDisruptionBudget", f"{FULLNAME}-redis"),
+        ("NetworkPolicy", f"{FULLNAME}-default-deny"),
+    }
+    names |= {("Service", f"{FULLNAME}-redis-{i}") for i in range(3)}
+    for group in WORKER_GROUPS:
+        names |= {
+            ("Deployment", f"{FULLNAME}-worker-{group}"),
+            ("PodDisruptionBudget", f"{FULLNAME}-worker-{group}"),
+        }
+    components = ["api", "worker", "beat", "migrate", "redis"]
+{%- if cookiecutter.use_flower == "yes" %}
+    names |= {
+        ("Deployment", f"{FULLNAME}-flower"),
+        ("Service", f"{FULLNAME}-flower"),
+        ("Secret", f"{FULLNAME}-flower"),
+    }
+    components.append("flower")
+{%- endif %}
+{%- if cookiecutter.use_celery_exporter == "yes" %}
+    names |= {("Deployment", f"{FULLNAME}-exporter"), ("Service", f"{FULLNAME}-exporter")}
+    components.append("exporter")
+{%- endif %}
+    names |= {("NetworkPolicy", f"{FULLNAME}-{component}") for component in components}
+    return names
+
+
+@pytest.fixture(scope="module")
+def objects() -> list[Obj]:
+    return render()
+
+
+def workloads(objects: list[Obj]) -> Iterator[Obj]:
+    yield from of_kind(objects, *WORKLOADS)
+
+
+def env_of(container: Obj) -> dict[str, Obj]:
+    return {entry["name"]: entry for entry in container.get("env", [])}
+
+
+def config_value(objects: list[Obj], key: str) -> str:
+    value: str = find(objects, "ConfigMap", f"{FULLNAME}-app")["data"][key]
+    return value
+
+
+# --- what is rendered ------------------------------------------------------------------
+def test_the_default_render_is_exactly_the_stack(objects: list[Obj]) -> None:
+    rendered = [(obj["kind"], obj["metadata"]["name"]) for obj in objects]
+    assert len(rendered) == len(set(rendered)), "an object is rendered twice"
+    assert set(rendered) == default_objects()
+
+
+def test_every_object_carries_the_common_labels(objects: list[Obj]) -> None:
+    wanted = {
+        "app.kubernetes.io/name": CHART_NAME,
+        "app.kubernetes.io/instance": "rel",
+        "app.kubernetes.io/managed-by": "Helm",
+        "app.kubernetes.io/part-of": CHART_NAME,
+    }
+    for obj in render({"commonLabels": {"team": "payments"}}):
+        labels = obj["metadata"].get("labels", {})
+        where = f"{obj['kind']} {obj['metadata']['name']}"
+        for key, value in {**wanted, "team": "payments"}.items():
+            assert labels.get(key) == value, f"{where}: label {key}={labels.get(key)!r}"
+        assert labels.get("app.kubernetes.io/component"), f"{where}: no component label"
+        assert labels.get("helm.sh/chart", "").startswith(f"{CHART_NAME}-"), where
+
+
+# --- workers -----------------------------------------------------------------------------
+def worker_args(objects: list[Obj], group: str) -> list[str]:
+    deployment = find(objects, "Deployment", f"{FULLNAME}-worker-{group}")
+    worker = next(c for c in containers(deployment) if c["name"] == "worker")
+    assert worker["command"] == ["/app/deploy/entrypoints/worker.sh"]
+    args: list[str] = worker["args"]
+    return args
+
+
+@pytest.mark.reliability("R10", "R19")
+def test_one_worker_deployment_per_group_with_its_queues_pool_and_concurrency(
+    objects: list[Obj],
+) -> None:
+    for group, (queue, pool, concurrency) in WORKER_GROUPS.items():
+        args = worker_args(objects, group)
+        assert f"--queues={queue}" in args
+        assert f"--pool={pool}" in args
+        assert f"--concurrency={concurrency}" in args
+
+
+@pytest.mark.reliability("R10", "R19")
+def test_a_group_is_merged_over_the_defaults_and_may_turn_a_default_off() -> None:
+    objects = render(
+        {
+            "workers": {
+                "defaults": {"concurrency": 3, "resources": {"limits": {"memory": "3Gi"}}},
+                "groups": {
+                    "bulk": {
+                        "queues": ["low", "default"],
+                        "pool": "gevent",
+                        "pdb": {"enabled": False},
+                    },
+                    "high": None,
+                },
+            }
+        }
+    )
+    deployments = {d["metadata"]["name"] for d in of_kind(objects, "Deployment")}
+    assert f"{FULLNAME}-worker-high" not in deployments, "a group set to null is removed"
+    args = worker_args(objects, "bulk")
+    assert {"--queues=low,default", "--pool=gevent", "--concurrency=3"} <= set(args)
+    bulk = find(objects, "Deployment", f"{FULLNAME}-worker-bulk")
+    worker = containers(bulk)[-1]
+    assert worker["resources"]["limits"] == {"cpu": "1", "memory": "3Gi"}
+    pdbs = {p["metadata"]["name"] for p in of_kind(objects, "PodDisruptionBudget")}
+    assert f"{FULLNAME}-worker-bulk" not in pdbs, "pdb.enabled=false in a group is ignored"
+    assert f"{FULLNAME}-worker-default" in pdbs
+
+
+@pytest.mark.reliability("R20")
+def test_workers_get_longer_than_the_task_time_limit_to_shut_down(objects: list[Obj]) -> None:
+    limit = int(config_value(objects, "TASK_TIME_LIMIT"))
+    for group in WORKER_GROUPS:
+        deployment = find(objects, "Deployment", f"{FULLNAME}-worker-{group}")
+        grace = pod_spec(deployment)["terminationGracePeriodSeconds"]
+        assert grace > limit, f"{group}: grace {grace} s <= TASK_TIME_LIMIT {limit} s"
+        # A new pod consumes before an old one is told to stop.
+        assert deployment["spec"]["strategy"]["rollingUpdate"] == {
+            "maxSurge": 1,
+            "maxUnavailable": 0,
+        }
+
+
+@pytest.mark.reliability("R20")
+def test_sigterm_reaches_the_worker_process() -> None:
+    """No shell stays in between: the entrypoint execs the launcher, which execs Celery."""
+    script = (ROOT / "deploy" / "entrypoints" / "worker.sh").read_text()
+    assert re.search(r"^exec python -m \S+\.launch worker", script, re.M), script
+    launcher = next((ROOT / "src").glob("*/launch.py")).read_text()
+    assert "os.execvpe(" in launcher
+
+
+def test_worker_probes_read_the_watchdog_heartbeat_never_celery_inspect(objects: list[Obj]) -> None:
+    for group in WORKER_GROUPS:
+        worker = containers(find(objects, "Deployment", f"{FULLNAME}-worker-{group}"))[-1]
+        for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+            command = worker[probe]["exec"]["command"]
+            assert command[:3] == [
+                "/app/deploy/entrypoints/healthcheck.sh",
+                "heartbeat",
+                "/tmp/heartbeat",
+            ]
+            assert "inspect" not in " ".join(command)
+    assert config_value(objects, "HEARTBEAT_FILE") == "/tmp/heartbeat"
+
+
+# --- autoscaling ---------------------------------------------------------------------------
+def test_autoscaled_groups_leave_replicas_to_the_autoscaler() -> None:
+    objects = render(
+        {
+            "workers": {
+                "groups": {
+                    "high": {"autoscaling": {"mode": "hpa", "minReplicas": 2, "maxReplicas": 6}},
+                    "low": {"autoscaling": {"mode": "keda", "minReplicas": 0}},
+                }
+            }
+        }
+    )
+    high = find(objects, "Deployment", f"{FULLNAME}-worker-high")
+    low = find(objects, "Deployment", f"{FULLNAME}-worker-low")
+    default = find(objects, "Deployment", f"{FULLNAME}-worker-default")
+    assert "replicas" not in high["spec"]
+    assert "replicas" not in low["spec"]
+    assert default["spec"]["replicas"] == 1
+    hpa = find(objects, "HorizontalPodAutoscaler", f"{FULLNAME}-worker-high")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == high["metadata"]["name"]
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 6)
+    scaled = find(objects, "ScaledObject", f"{FULLNAME}-worker-low")
+    assert scaled["spec"]["minReplicaCount"] == 0
+    assert len(of_kind(objects, "ScaledObject")) == 1
+    assert len(of_kind(objects, "HorizontalPodAutoscaler")) == 1
+
+
+def test_keda_scales_on_every_priority_list_of_every_queue() -> None:
+    objects = render(
+        {
+            "workers": {
+                "groups": {"low": {"queues": ["low", "default"], "autoscaling": {"mode": "keda"}}}
+            }
+        }
+    )
+    scaled = find(objects, "ScaledObject", f"{FULLNAME}-worker-low")
+    triggers = scaled["spec"]["triggers"]
+    lists = [trigger["metadata"]["listName"] for trigger in triggers]
+    expected = [
+        queue + ("" if level == 0 else f"\x06\x16{level}")
+        for queue in ("low", "default")
+        for level in range(10)
+    ]
+    assert lists == expected
+    auth = find(objects, "TriggerAuthentication", f"{FULLNAME}-redis")
+    for trigger in triggers:
+        assert trigger["type"] == "redis-sentinel"
+        assert trigger["authenticationRef"]["name"] == auth["metadata"]["name"]
+        assert trigger["metadata"]["sentinelMaster"] == "mymaster"
+    parameters = {ref["parameter"]: ref["key"] for ref in auth["spec"]["secretTargetRef"]}
+    assert parameters == {"password": "redis-password", "sentinelPassword": "sentinel-password"}
+
+
+# --- beat, migrations ------------------------------------------------------------------------
+@pytest.mark.reliability("R29")
+def test_beat_is_one_pod_replaced_never_doubled(objects: list[Obj]) -> None:
+    beat = find(objects, "Deployment", f"{FULLNAME}-beat")
+    assert beat["spec"]["replicas"] == 1
+    assert beat["spec"]["strategy"] == {"type": "Recreate"}
+    probe = containers(beat)[-1]["livenessProbe"]["exec"]["command"]
+    assert probe[1:3] == ["heartbeat", "/tmp/heartbeat"]
+
+
+def test_migrations_are_a_plain_job_per_revision_that_app_pods_wait_for(objects: list[Obj]) -> None:
+    job = find(objects, "Job", f"{FULLNAME}-migrate-1")
+    assert not job["metadata"].get("annotations"), "a hook by default would deadlock --wait"
+    assert job["spec"]["backoffLimit"] >= 1
+    assert job["spec"]["ttlSecondsAfterFinished"] > 0
+    assert containers(job)[0]["command"] == ["/app/deploy/entrypoints/migrate.sh"]
+    for workload in of_kind(objects, "Deployment"):
+        init = [c["name"] for c in pod_spec(workload).get("initContainers", [])]
+        uses_ledger = "DATABASE_URL" in env_of(containers(workload)[-1])
+        assert (init == ["wait-for-migrations"]) == uses_ledger, workload["metadata"]["name"]
+
+
+def test_the_migration_hook_is_only_ever_pre_install_or_pre_upgrade() -> None:
+    values = {
+        "migrations": {"helmHook": True},
+        "database": {"external": {"url": "", "existingSecret": "ledger-db"}},
+    }
+    job = of_kind(render(values), "Job")[0]
+    hooks = set(job["metadata"]["annotations"]["helm.sh/hook"].split(","))
+    assert hooks == {"pre-install", "pre-upgrade"}
+
+
+# --- Redis -------------------------------------------------------------------------------
+@pytest.mark.parametrize("replicas", [3, 5])
+@pytest.mark.reliability("R31")
+def test_every_redis_pod_has_its_own_announce_service(replicas: int) -> None:
+    objects = render({"redis": {"replicas": replicas, "quorum": 2}})
+    statefulset = find(objects, "StatefulSet", f"{FULLNAME}-redis")
+    assert statefulset["spec"]["replicas"] == replicas
+    announce = [
+        s
+        for s in of_kind(objects, "Service")
+        if re.fullmatch(rf"{FULLNAME}-redis-\d+", s["metadata"]["name"])
+    ]
+    assert len(announce) == replicas
+    for service in announce:
+        name = service["metadata"]["name"]
+        assert service["spec"]["selector"]["statefulset.kubernetes.io/pod-name"] == name
+        assert service["spec"]["publishNotReadyAddresses"] is True
+        assert {p["port"] for p in service["spec"]["ports"]} == {6379, 26379}
+    env = env_of(containers(statefulset)[0])
+    nodes = env["REDIS_NODES"]["value"].split()
+    assert nodes == [f"{FULLNAME}-redis-{i}.tasks.svc" for i in range(replicas)]
+
+
+@pytest.mark.parametrize(
+    ("mode", "field"),
+    [
+        ("required", "requiredDuringSchedulingIgnoredDuringExecution"),
+        ("preferred", "preferredDuringSchedulingIgnoredDuringExecution"),
+        ("none", None),
+    ],
+)
+def test_redis_pods_spread_over_nodes(mode: str, field: str | None) -> None:
+    statefulset = find(
+        render({"redis": {"antiAffinity": mode}}), "StatefulSet", f"{FULLNAME}-redis"
+    )
+    affinity: dict[str, Any] = pod_spec(statefulset).get("affinity", {})
+    assert list(affinity.get("podAntiAffinity", {})) == ([field] if field else [])
+
+
+def test_redis_master_hands_over_before_its_pod_stops(objects: list[Obj]) -> None:
+    statefulset = find(objects, "StatefulSet", f"{FULLNAME}-redis")
+    redis, sentinel = containers(statefulset)
+    prestop = " ".join(redis["lifecycle"]["preStop"]["exec"]["command"])
+    assert "sh /opt/redis-scripts/prestop.sh" in prestop
+    grace = pod_spec(statefulset)["terminationGracePeriodSeconds"]
+    assert grace > int(env_of(redis)["PRESTOP_TIMEOUT_SECONDS"]["value"])
+    assert redis["readinessProbe"]["exec"]["command"][-1] == "redis"
+    assert sentinel["readinessProbe"]["exec"]["command"][-1] == "sentinel"
+    scripts = find(objects, "ConfigMap", f"{FULLNAME}-redis-scripts")["data"]
+    assert {"redis.sh", "sentinel.sh", "prestop.sh", "probe.sh", "persistence.conf"} <= set(scripts)
+
+
+@pytest.mark.reliability("R32")
+def test_redis_uses_the_same_persistence_as_compose(objects: list[Obj]) -> None:
+    scripts = find(objects, "ConfigMap", f"{FULLNAME}-redis-scripts")["data"]
+    assert (
+        scripts["persistence.conf"] == (ROOT / "deploy" / "redis" / "persistence.conf").read_text()
+    )
+
+
+def test_every_disruptable_component_has_a_pdb(objects: list[Obj]) -> None:
+    budgets = {p["metadata"]["name"] for p in of_kind(objects, "PodDisruptionBudget")}
+    wanted = {f"{FULLNAME}-api", f"{FULLNAME}-redis"} | {
+        f"{FULLNAME}-worker-{g}" for g in WORKER_GROUPS
+    }
+    assert wanted <= budgets
+    for budget in of_kind(objects, "PodDisruptionBudget"):
+        assert budget["spec"]["maxUnavailable"] == 1
+
+
+# --- secrets -------------------------------------------------------------------------------
+def secret_values(objects: list[Obj]) -> set[str]:
+    return {
+        base64.b64decode(value).decode()
+        for secret in of_kind(objects, "Secret")
+        for value in (secret.get("data") or {}).values()
+        if len(base64.b64decode(value)) >= 8
+    }
+
+
+def plain_texts(objects: list[Obj]) -> Iterator[tuple[str, str]]:
+    """Every string a pod or ConfigMap shows in the clear: env values, commands, config."""
+    for workload in workloads(objects):
+        for container in containers(workload):
+            where = f"{workload['metadata']['name']}/{container['name']}"
+            for entry in container.get("env", []):
+                if "value" in entry:
+                    yield f"{where} env {entry['name']}", str(entry["value"])
+            for part in [*container.get("command", []), *container.get("args", [])]:
+                yield f"{where} command", str(part)
+    for config in of_kind(objects, "ConfigMap"):
+        for key, value in (config.get("data") or {}).items():
+            yield f"ConfigMap {config['metadata']['name']} {key}", str(value)
+
+
+SECRET_NAMES = re.compile(r"PASSWORD|SECRET|TOKEN|DSN|DATABASE_URL|_AUTH$")
+
+
+def test_no_secret_appears_in_plain_text() -> None:
+    values: dict[str, Any] = {"app": {"secretEnv": {"API_TOKEN": "token-value-123456"}}}
+    objects = render(values)
+    secrets = secret_values(objects)
+    assert "token-value-123456" in secrets
+    assert "placeholder" in "".join(secrets), "the database URL is not in a Secret"
+    for where, text in plain_texts(objects):
+        for secret in secrets:
+            assert secret not in text, f"{where} shows a secret value"
+    for workload in workloads(objects):
+        for container in containers(workload):
+            for entry in container.get("env", []):
+                if SECRET_NAMES.search(entry["name"]):
+                    assert "valueFrom" in entry, f"{container['name']}: {entry['name']} has a value"
+
+
+def test_existing_secrets_replace_the_generated_ones() -> None:
+    values = {
+        "app": {"existingSecret": "my-app"},
+        "redis": {"auth": {"existingSecret": "my-redis"}},
+        "database": {"external": {"url": "", "existingSecret": "my-db", "urlKey": "dsn"}},
+{%- if cookiecutter.use_flower == "yes" %}
+        "flower": {"existingSecret": "my-flower"},
+{%- endif %}
+    }
+    objects = render(values)
+    assert not of_kind(objects, "Secret"), "a Secret is still generated"
+    api = containers(find(objects, "Deployment", f"{FULLNAME}-api"))[-1]
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in api["env"] if "valueFrom" in e}
+    assert refs["DATABASE_URL"] == {"name": "my-db", "key": "dsn"}
+    assert refs["REDIS_PASSWORD"]["name"] == "my-redis"
+    assert {"secretRef": {"name": "my-app"}} in api["envFrom"]
+
+
+def test_pods_roll_when_their_settings_change(objects: list[Obj]) -> None:
+    changed = render({"app": {"env": {"LOG_LEVEL": "DEBUG"}}})
+    before = find(objects, "Deployment", f"{FULLNAME}-api")["spec"]["template"]["metadata"][
+        "annotations"
+    ]
+    after = find(changed, "Deployment", f"{FULLNAME}-api")["spec"]["template"]["metadata"][
+        "annotations"
+    ]
+    assert before["checksum/app-config"] != after["checksum/app-config"]
+    assert config_value(changed, "LOG_LEVEL") == "DEBUG"
+
+
+# --- everywhere -------------------------------------------------------------------------------
+def test_every_pod_runs_restricted(objects: list[Obj]) -> None:
+    for workload in workloads(
+        render({"database": {"internal": {"enabled": True}, "external": {"url": ""}}})
+    ):
+        spec = pod_spec(workload)
+        name = workload["metadata"]["name"]
+        assert spec["securityContext"]["runAsNonRoot"] is True, name
+        assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        assert spec["automountServiceAccountToken"] is False, name
+        for container in containers(workload):
+            context = container["securityContext"]
+            where = f"{name}/{container['name']}"
+            assert context["readOnlyRootFilesystem"] is True, where
+            assert context["allowPrivilegeEscalation"] is False, where
+            assert context["capabilities"] == {"drop": ["ALL"]}, where
+            assert container["resources"]["requests"], where
+            assert container["resources"]["limits"], where
+            mounts = {m["mountPath"] for m in container.get("volumeMounts", [])}
+            assert "/tmp" in mounts, f"{where}: no writable /tmp"
+
+
+def test_app_pods_run_as_the_image_user(objects: list[Obj]) -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    found = re.search(r"ARG APP_UID=(\d+)", dockerfile)
+    assert found, "the Dockerfile names no APP_UID"
+    uid = int(found.group(1))
+    for workload in workloads(objects):
+        spec = pod_spec(workload)
+        image = containers(workload)[-1]["image"]
+        if image.startswith(f"{CHART_NAME}:"):
+            assert spec["securityContext"]["runAsUser"] == uid, workload["metadata"]["name"]
+
+
+def test_extras_reach_their_component_only() -> None:
+    extra = {
+        "extraEnv": [{"name": "EXTRA_SETTING", "value": "on"}],
+        "extraVolumes": [{"name": "certs", "secret": {"secretName": "ca"}}],
+        "extraVolumeMounts": [{"name": "certs", "mountPath": "/certs"}],
+        "podLabels": {"extra": "yes"},
+    }
+    objects = render({"api": extra})
+    api = find(objects, "Deployment", f"{FULLNAME}-api")
+    beat = find(objects, "Deployment", f"{FULLNAME}-beat")
+    assert "EXTRA_SETTING" in env_of(containers(api)[-1])
+    assert "EXTRA_SETTING" not in env_of(containers(beat)[-1])
+    assert {"name": "certs", "mountPath": "/certs"} in containers(api)[-1]["volumeMounts"]
+    assert {"name": "certs", "secret": {"secretName": "ca"}} in pod_spec(api)["volumes"]
+    assert api["spec"]["template"]["metadata"]["labels"]["extra"] == "yes"
+
+
+def test_api_probes_ask_readiness_of_dependencies_and_liveness_of_the_process(
+    objects: list[Obj],
+) -> None:
+    api = containers(find(objects, "Deployment", f"{FULLNAME}-api"))[-1]
+    assert api["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert api["livenessProbe"]["httpGet"]["path"] == "/healthz"
+
+
+def test_optional_api_objects_render_when_asked() -> None:
+    objects = render(
+        {
+            "api": {
+                "ingress": {"enabled": True, "className": "nginx"},
+                "autoscaling": {"enabled": True},
+            }
+        }
+    )
+    ingress = find(objects, "Ingress", f"{FULLNAME}-api")
+    assert ingress["spec"]["ingressClassName"] == "nginx"
+    find(objects, "HorizontalPodAutoscaler", f"{FULLNAME}-api")
+    assert "replicas" not in find(objects, "Deployment", f"{FULLNAME}-api")["spec"]
+
+
+def test_network_policies_can_be_turned_off() -> None:
+    assert not of_kind(render({"networkPolicies": {"enabled": False}}), "NetworkPolicy")
+
+
+def test_the_in_chart_database_is_one_pod_with_its_own_generated_password() -> None:
+    objects = render({"database": {"internal": {"enabled": True}, "external": {"url": ""}}})
+    statefulset = find(objects, "StatefulSet", f"{FULLNAME}-db")
+    assert statefulset["spec"]["replicas"] == 1
+    secret = find(objects, "Secret", f"{FULLNAME}-database")["data"]
+    password = base64.b64decode(secret["password"]).decode()
+    url = base64.b64decode(secret["url"]).decode()
+    assert len(password) >= 16
+    assert f":{password}@{FULLNAME}-db:" in url
