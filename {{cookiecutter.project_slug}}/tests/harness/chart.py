@@ -128,6 +128,14 @@ def of_kind(objects: Iterable[Obj], *kinds: str) -> list[Obj]:
     return [obj for obj in objects if obj["kind"] in kinds]
 
 
+#: The kinds that run pods.
+WORKLOAD_KINDS = ("Deployment", "StatefulSet", "Job")
+
+
+def workloads(objects: Iterable[Obj]) -> list[Obj]:
+    return of_kind(objects, *WORKLOAD_KINDS)
+
+
 def pod_spec(obj: Obj) -> Obj:
     """The pod template's spec of a workload (Deployment, StatefulSet, Job); {} for others."""
     spec: Obj = obj.get("spec", {}).get("template", {}).get("spec", {})

@@ -24,7 +24,7 @@ import subprocess
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -167,6 +167,18 @@ def stop_all() -> None:
 
 
 atexit.register(stop_all)
+
+
+def stop_each(processes: Iterable[SupervisedProcess], what: str) -> None:
+    """Stop the processes in order, every one even when one fails; then raise for them all."""
+    errors = []
+    for process in processes:
+        try:
+            process.stop()
+        except Exception as exc:
+            errors.append(exc)
+    if errors:
+        raise RuntimeError(f"stopping {what} failed: {errors}")
 
 
 # --- one-shot commands --------------------------------------------------------------------

@@ -22,7 +22,7 @@ import redis as redis_py
 
 from tests.harness.binaries import require_binary
 from tests.harness.ports import LOOPBACK, free_ports
-from tests.harness.processes import ProcessIdentity, SupervisedProcess
+from tests.harness.processes import ProcessIdentity, SupervisedProcess, stop_each
 from tests.harness.scratch import ScratchDir
 
 Address = tuple[str, int]
@@ -322,15 +322,10 @@ class RedisSentinelCluster:
         return self
 
     def stop(self) -> None:
-        errors = []
-        for process in reversed(self.processes()):
-            try:
-                process.stop()
-            except Exception as exc:
-                errors.append(exc)
-        self._workdir.cleanup()
-        if errors:
-            raise RuntimeError(f"stopping the Redis cluster failed: {errors}")
+        try:
+            stop_each(reversed(self.processes()), "the Redis cluster")
+        finally:
+            self._workdir.cleanup()
 
     def __enter__(self) -> RedisSentinelCluster:
         return self.start()

@@ -32,7 +32,7 @@ from redis.retry import Retry
 from tests.harness.binaries import require_binary
 from tests.harness.ports import free_port
 from tests.harness.probes import wait_until
-from tests.harness.processes import SupervisedProcess
+from tests.harness.processes import SupervisedProcess, stop_each
 from tests.harness.redis import MASTER_NAME
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
@@ -260,15 +260,9 @@ class RedisStatefulSet:
         return self
 
     def stop(self) -> None:
-        errors = []
         # Sentinels first: none may fail over while the nodes go down one by one.
-        for container in [pod.sentinel for pod in self.pods] + [pod.redis for pod in self.pods]:
-            try:
-                container.stop()
-            except Exception as exc:
-                errors.append(exc)
-        if errors:
-            raise RuntimeError(f"stopping {self} failed: {errors}")
+        containers = [pod.sentinel for pod in self.pods] + [pod.redis for pod in self.pods]
+        stop_each(containers, str(self))
 
     def __enter__(self) -> RedisStatefulSet:
         return self.start()

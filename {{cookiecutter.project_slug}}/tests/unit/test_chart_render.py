@@ -23,9 +23,9 @@ from tests.harness.chart import (
     of_kind,
     pod_spec,
     render,
+    workloads,
 )
 
-WORKLOADS = ("Deployment", "StatefulSet", "Job")
 WORKER_GROUPS = {
     "high": ("high", "prefork", 2),
     "default": ("default", "prefork", 2),
@@ -78,10 +78,6 @@ def default_objects() -> set[tuple[str, str]]:
 @pytest.fixture(scope="module")
 def objects() -> list[Obj]:
     return render()
-
-
-def workloads(objects: list[Obj]) -> Iterator[Obj]:
-    yield from of_kind(objects, *WORKLOADS)
 
 
 def env_of(container: Obj) -> dict[str, Obj]:

@@ -24,9 +24,9 @@ from tests.harness.chart import (
     of_kind,
     pod_spec,
     render,
+    workloads,
 )
 
-WORKLOADS = ("Deployment", "StatefulSet", "Job")
 DATABASE_PORT = {% if cookiecutter.database == "mysql" %}3306{% else %}5432{% endif %}
 EXISTING = {
     "app": {"existingSecret": "my-app"},
@@ -64,7 +64,7 @@ class Pod:
 
 def pods(objects: list[Obj]) -> list[Pod]:
     found = []
-    for workload in of_kind(objects, *WORKLOADS):
+    for workload in workloads(objects):
         ports: dict[str, int] = {}
         for container in containers(workload):
             for port in container.get("ports", []):
@@ -82,7 +82,7 @@ def selects(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
 
 def statefulset_pod_labels(objects: list[Obj], pod: Pod) -> list[dict[str, str]]:
     """A StatefulSet's pods also carry their own name (the announce Services select it)."""
-    owner = next(o for o in of_kind(objects, *WORKLOADS) if o["metadata"]["name"] == pod.owner)
+    owner = next(o for o in workloads(objects) if o["metadata"]["name"] == pod.owner)
     if owner["kind"] != "StatefulSet":
         return [dict(pod.labels)]
     return [
@@ -180,7 +180,7 @@ def test_every_selector_selects_pods_and_every_target_port_is_declared(
 
 @PARAMS
 def test_every_probe_port_is_a_declared_container_port(values: dict[str, Any]) -> None:
-    for workload in of_kind(render(values), *WORKLOADS):
+    for workload in workloads(render(values)):
         for container in containers(workload):
             declared = {str(p["containerPort"]) for p in container.get("ports", [])}
             declared |= {p["name"] for p in container.get("ports", []) if "name" in p}
