@@ -478,6 +478,25 @@ def test_extras_reach_their_component_only() -> None:
     assert api["spec"]["template"]["metadata"]["labels"]["extra"] == "yes"
 
 
+@pytest.mark.parametrize(
+    ("component", "kind", "name"),
+    [
+        ("redis", "StatefulSet", "redis"),
+{%- if cookiecutter.use_celery_exporter == "yes" %}
+        ("exporter", "Deployment", "exporter"),
+{%- endif %}
+    ],
+)
+def test_third_party_pods_take_extra_volumes_too(component: str, kind: str, name: str) -> None:
+    volume = {"name": "certs", "secret": {"secretName": "ca"}}
+    mount = {"name": "certs", "mountPath": "/certs", "readOnly": True}
+    extra = {"extraVolumes": [volume], "extraVolumeMounts": [mount]}
+    workload = find(render({component: extra}), kind, f"{FULLNAME}-{name}")
+    assert volume in pod_spec(workload)["volumes"]
+    for container in containers(workload):
+        assert mount in container["volumeMounts"], container["name"]
+
+
 def test_api_probes_ask_readiness_of_dependencies_and_liveness_of_the_process(
     objects: list[Obj],
 ) -> None:
