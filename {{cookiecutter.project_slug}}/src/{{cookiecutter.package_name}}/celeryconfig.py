@@ -148,6 +148,8 @@ task_ignore_result = False
 worker_send_task_events = True
 # ... and producers emit task-sent, so queued work is visible too.
 task_send_sent_event = True
+# R26: events are sent in batches every 100 ms instead of one publish each (consumer.py).
+worker_consumer = "{{ cookiecutter.package_name }}.consumer:BatchingConsumer"
 # Event queues of monitors that went away are deleted instead of growing forever.
 event_queue_expires = 60.0
 event_queue_ttl = 5.0

@@ -62,6 +62,8 @@ class Settings(BaseSettings):
 {%- endif %}
     # A dead database must fail a request or a task fast, not hang it.
     database_timeout: int = Field(default=5, ge=1)
+    # Connections each process keeps open (as many again may open under a burst).
+    database_pool_size: int = Field(default=10, ge=1)
 
     # --- Ledger: attempts, reconcile, retention ---------------------------------------
     # Every start counts (first run, retries, redeliveries); past this the task is DEAD.

@@ -52,11 +52,25 @@ def effects_with_key(database: Database, key: str) -> int:
 
 
 def send_copy(stack: Stack, task_id: str, name: str, kwargs: dict[str, Any]) -> None:
-    """Publish another message with the same id, as a redelivery or a re-dispatch would."""
+    """Publish another message with the same id and no mark, as a retried publish could."""
     run_python(
         stack,
         f"from {stack.package}.celery_app import app\n"
         f"app.send_task({name!r}, kwargs={kwargs!r}, task_id={task_id!r})\n",
+    )
+
+
+def redispatch(stack: Stack, task_id: str) -> None:
+    """Send the row's message again exactly as the reconcile job does."""
+    run_python(
+        stack,
+        f"from {stack.package}.celery_app import app\n"
+        f"from {stack.package}.ledger.db import session_scope\n"
+        f"from {stack.package}.ledger.models import TaskRecord\n"
+        f"from {stack.package}.ledger.publish import publish\n"
+        "with session_scope() as session:\n"
+        f"    row = session.get(TaskRecord, {task_id!r})\n"
+        "publish(app, row)\n",
     )
 
 
@@ -79,13 +93,21 @@ def test_a_task_walks_through_its_states_in_the_ledger(api: ApiClient, database:
 def test_the_same_message_delivered_twice_has_one_side_effect(
     api: ApiClient, stack: Stack, database: Database
 ) -> None:
-    task_id = api.submit_ok("demo.record_effect", {"key": "delivered-twice"})
-    wait_ledger(database, task_id, {"SUCCEEDED"})
-    send_copy(stack, task_id, "demo.record_effect", {"key": "delivered-twice"})
+    """A re-dispatched copy is dropped before the pool; an unmarked one by the claim."""
     worker = stack.worker("default")
-    worker.wait_for_log(rf'"event": "task_deduplicated", "task_id": "{task_id}"', timeout=30)
-    assert effects(database, task_id) == 1
-    assert ledger(database, task_id)["attempts"] == "1"
+    dispatched_again = api.submit_ok("demo.record_effect", {"key": "dispatched-again"})
+    unmarked = api.submit_ok("demo.record_effect", {"key": "unmarked-copy"})
+    wait_ledger(database, dispatched_again, {"SUCCEEDED"})
+    wait_ledger(database, unmarked, {"SUCCEEDED"})
+    redispatch(stack, dispatched_again)
+    send_copy(stack, unmarked, "demo.record_effect", {"key": "unmarked-copy"})
+    worker.wait_for_log(
+        rf'"event": "task_deduplicated", "task_id": "{dispatched_again}"', timeout=30
+    )
+    worker.wait_for_log(rf"Task demo\.record_effect\[{unmarked}\] ignored", timeout=30)
+    for task_id in (dispatched_again, unmarked):
+        assert effects(database, task_id) == 1
+        assert ledger(database, task_id)["attempts"] == "1"
 
 
 @pytest.mark.reliability("R02", "R14")

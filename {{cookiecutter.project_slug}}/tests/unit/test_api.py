@@ -142,7 +142,7 @@ def test_ledger_down_answers_503_and_publishes_nothing(
         raise SQLAlchemyOperationalError("SELECT 1", {}, ConnectionRefusedError("db down"))
         yield
 
-    monkeypatch.setattr("{{ cookiecutter.package_name }}.api.dispatch.session_scope", unreachable)
+    monkeypatch.setattr("{{ cookiecutter.package_name }}.ledger.publish.single_statement", unreachable)
     response = submit(client, name="demo.echo", kwargs={"message": "x"})
     assert response.status_code == 503
     assert "ledger database unreachable" in response.json()["detail"]

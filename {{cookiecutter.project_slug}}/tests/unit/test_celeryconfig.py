@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import inspect
 import typing
+from collections.abc import Callable
 from datetime import timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -14,6 +16,7 @@ from celery.schedules import schedule as celery_schedule
 
 from {{ cookiecutter.package_name }} import celeryconfig
 from {{ cookiecutter.package_name }}.celery_app import TASK_MODULES
+from {{ cookiecutter.package_name }}.consumer import EVENT_FLUSH_INTERVAL, BatchingConsumer
 from {{ cookiecutter.package_name }}.settings import get_settings
 from {{ cookiecutter.package_name }}.tasks.base import ReliableTask
 from {{ cookiecutter.package_name }}.tasks.errors import RetryableError
@@ -41,6 +44,7 @@ CONFIG_ROWS: list[tuple[str, str, Any]] = [
     ("R25", "task_ignore_result", False),
     ("R26", "worker_send_task_events", True),
     ("R26", "task_send_sent_event", True),
+    ("R26", "worker_consumer", "{{ cookiecutter.package_name }}.consumer:BatchingConsumer"),
     ("R27", "timezone", "{{ cookiecutter.timezone }}"),
     ("R27", "enable_utc", True),
     ("R28", "task_always_eager", False),
@@ -190,3 +194,20 @@ def test_beat_has_an_interval_and_a_crontab_entry_routed_to_their_queues(
         "ledger.reconcile": "high",
         "ledger.prune": "high",
     }
+
+
+@pytest.mark.reliability("R26")
+def test_task_events_leave_in_one_batch_per_interval() -> None:
+    """Many buffered events, one scheduled flush; the next event schedules the next one."""
+    consumer = BatchingConsumer.__new__(BatchingConsumer)
+    scheduled: list[tuple[float, Callable[[], None]]] = []
+    flushes: list[int] = []
+    consumer.hub = SimpleNamespace(call_later=lambda delay, flush: scheduled.append((delay, flush)))
+    consumer._flush_events = lambda: flushes.append(1)
+    for _ in range(5):
+        consumer.on_send_event_buffered()
+    assert [delay for delay, _ in scheduled] == [EVENT_FLUSH_INTERVAL]
+    scheduled[0][1]()
+    assert flushes == [1]
+    consumer.on_send_event_buffered()
+    assert len(scheduled) == 2

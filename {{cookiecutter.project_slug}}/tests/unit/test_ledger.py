@@ -11,7 +11,7 @@ from celery import Celery
 from sqlalchemy import create_engine, func, inspect, select
 
 from {{ cookiecutter.package_name }}.ledger.beat import acquire_lease, install_defaults
-from {{ cookiecutter.package_name }}.ledger.db import session_scope
+from {{ cookiecutter.package_name }}.ledger.db import open_engines, session_scope
 from {{ cookiecutter.package_name }}.ledger.deadletters import NotReplayable, list_dead, replay
 from {{ cookiecutter.package_name }}.ledger.migrate import alembic_config
 from {{ cookiecutter.package_name }}.ledger.models import (
@@ -21,7 +21,7 @@ from {{ cookiecutter.package_name }}.ledger.models import (
     TaskState,
     utcnow,
 )
-from {{ cookiecutter.package_name }}.ledger.publish import enqueue
+from {{ cookiecutter.package_name }}.ledger.publish import REDISPATCH_HEADER, enqueue, submit
 from {{ cookiecutter.package_name }}.ledger.reconcile import prune, reconcile
 from {{ cookiecutter.package_name }}.ledger.tracking import mark
 from {{ cookiecutter.package_name }}.schedule import PeriodicSpec
@@ -94,6 +94,43 @@ def test_enqueue_publishes_after_commit_and_not_after_rollback(
     with session_scope() as session:
         assert session.get(TaskRecord, dropped_id) is None
     assert effects(dropped_id) == 0
+
+
+@pytest.mark.reliability("R33")
+def test_a_publish_happens_with_no_ledger_connection_checked_out(
+    celery_app: Celery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Neither path holds a connection while it waits on the broker, nor takes a second."""
+    in_use: list[int] = []
+    original = Celery.send_task
+
+    def counting(self: Celery, name: str, *args: Any, **kwargs: Any) -> Any:
+        in_use.append(sum(engine.pool.checkedout() for engine in open_engines()))  # type: ignore[attr-defined]
+        return original(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(Celery, "send_task", counting)
+    with session_scope() as session:
+        in_transaction = enqueue(session, celery_app, "demo.echo", {"message": "enqueued"})
+    alone = submit(celery_app, "demo.echo", {"message": "submitted"})
+    assert in_use == [0, 0]
+    assert state_of(in_transaction.id) == state_of(alone.id) == TaskState.PUBLISHED
+    assert alone.state == TaskState.PUBLISHED
+
+
+@pytest.mark.reliability("R21", "R34")
+def test_only_a_row_sent_before_is_sent_again_with_the_redispatch_mark(
+    celery_app: Celery, sent: list[dict[str, Any]]
+) -> None:
+    """The worker looks a delivery up in the ledger only when it may be a copy."""
+    stale = timedelta(seconds=SETTINGS.reconcile_started_after + 60)
+    never_sent = add_row(TaskState.QUEUED, stale)
+    sent_before = add_row(TaskState.STARTED, stale, attempts=1, dispatches=1)
+    fresh = submit(celery_app, "demo.echo", {"message": "first send"})
+    reconcile(celery_app, SETTINGS)
+    headers = {m["task_id"]: m.get("headers") or {} for m in sent}
+    assert headers[sent_before].get(REDISPATCH_HEADER) is True
+    assert REDISPATCH_HEADER not in headers[never_sent]
+    assert REDISPATCH_HEADER not in headers[fresh.id]
 
 
 @pytest.mark.reliability("R21", "R33")

@@ -1,6 +1,6 @@
 """Turn a validated submission into a ledger row and a published message (R05, R17, R33).
 
-The row is committed first; the message is published after the commit. If the broker
+The row is committed first (one autocommit INSERT); the message is published after it. If the broker
 cannot take it the row stays QUEUED (durable; the reconcile job publishes it later) and
 the API still answers 202. If the database cannot take the row, nothing is published
 and the API answers 503.
@@ -20,7 +20,7 @@ from {{ cookiecutter.package_name }}.api.catalog import SubmissionRejected, Task
 from {{ cookiecutter.package_name }}.api.schemas import TaskSubmission
 from {{ cookiecutter.package_name }}.ledger.db import session_scope
 from {{ cookiecutter.package_name }}.ledger.models import TaskRecord
-from {{ cookiecutter.package_name }}.ledger.publish import BROKER_ERRORS, enqueue
+from {{ cookiecutter.package_name }}.ledger.publish import BROKER_ERRORS, submit
 from {{ cookiecutter.package_name }}.settings import Settings
 
 __all__ = ["BROKER_ERRORS", "BrokerUnavailable", "LedgerUnavailable", "dispatch", "ledger_session"]
@@ -35,13 +35,19 @@ class LedgerUnavailable(Exception):
 
 
 @contextmanager
-def ledger_session() -> Iterator[Session]:
-    """A ledger transaction whose database errors become LedgerUnavailable (503)."""
+def ledger_errors() -> Iterator[None]:
+    """Database errors inside the block become LedgerUnavailable (503)."""
     try:
-        with session_scope() as session:
-            yield session
+        yield
     except SQLAlchemyError as exc:
         raise LedgerUnavailable(f"ledger database unreachable: {type(exc).__name__}") from exc
+
+
+@contextmanager
+def ledger_session() -> Iterator[Session]:
+    """A ledger transaction whose database errors become LedgerUnavailable (503)."""
+    with ledger_errors(), session_scope() as session:
+        yield session
 
 
 def dispatch(
@@ -51,13 +57,12 @@ def dispatch(
     submission: TaskSubmission,
     request_id: str | None,
 ) -> TaskRecord:
-    """Validate, then commit the row and publish after the commit."""
+    """Validate, then write the row and publish after it is durable."""
     task = catalog.task(submission.name)
     kwargs = catalog.validate(submission.name, submission.args, submission.kwargs)
     _refuse_long_delays(submission, settings)
-    with ledger_session() as session:
-        return enqueue(
-            session,
+    with ledger_errors():
+        return submit(
             app,
             task.name,
             kwargs,

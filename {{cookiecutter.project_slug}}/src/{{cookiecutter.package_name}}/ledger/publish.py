@@ -1,8 +1,10 @@
 """Hand ledger rows to the broker after their transaction commits (R33, R17).
 
-`enqueue()` adds a QUEUED row to the caller's session; when that session commits, the
-message is published and the row marked PUBLISHED. A rollback publishes nothing. A
-publish that fails leaves the row QUEUED, durable, for the reconcile job to retry.
+`enqueue()` adds a QUEUED row to the caller's session; once that session's transaction
+has committed and given its connection back, the message is published and the row
+marked PUBLISHED in one autocommit statement, so a submission never holds two pooled
+connections. A rollback publishes nothing. A publish that fails leaves the row QUEUED,
+durable, for the reconcile job to retry.
 """
 
 from __future__ import annotations
@@ -10,24 +12,70 @@ from __future__ import annotations
 import logging
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from celery import Celery
 from celery.result import denied_join_result
 from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
-from sqlalchemy import event, update
+from sqlalchemy import event
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, SessionTransaction
+from sqlalchemy.orm.attributes import set_committed_value
 
-from {{ cookiecutter.package_name }}.ledger.db import session_scope
+from {{ cookiecutter.package_name }}.ledger import statements
+from {{ cookiecutter.package_name }}.ledger.db import retry_on_disconnect, single_statement
 from {{ cookiecutter.package_name }}.ledger.models import TaskRecord, TaskState, utcnow
 
 logger = logging.getLogger(__name__)
 
 # What a publish raises once task_publish_retry_policy is exhausted.
 BROKER_ERRORS = (OperationalError, RedisError, OSError)
-_PENDING = "ledger_pending_publish"
+# A message sent again for a row that was published before: the worker checks the
+# ledger before running it (tasks/request.py).
+REDISPATCH_HEADER = "ledger_redispatch"
+_PENDING = "ledger_pending_publish"  # added in the open transaction
+_COMMITTED = "ledger_committed_publish"  # committed, published once the connection is back
+
+
+class SendOptions(TypedDict, total=False):
+    """How and where a task is sent; all optional."""
+
+    queue: str | None
+    countdown: float | None
+    eta: datetime | None
+    priority: int | None
+    request_id: str | None
+    replay_of: str | None
+
+
+def new_row(
+    app: Celery, name: str, kwargs: dict[str, Any], **options: Unpack[SendOptions]
+) -> dict[str, Any]:
+    """The column values of a fresh QUEUED row (with its new task id)."""
+    eta = options.get("eta")
+    countdown = options.get("countdown")
+    if countdown is not None:
+        eta = utcnow() + timedelta(seconds=countdown)
+    elif eta is not None and eta.tzinfo is not None:
+        eta = eta.astimezone(UTC).replace(tzinfo=None)
+    now = utcnow()
+    return {
+        "id": str(uuid.uuid4()),
+        "name": name,
+        "queue": options.get("queue") or app.amqp.router.route({}, name)["queue"].name,
+        "args": [],
+        "kwargs": kwargs,
+        "priority": options.get("priority"),
+        "eta": eta,
+        "state": TaskState.QUEUED,
+        "attempts": 0,
+        "dispatches": 0,
+        "request_id": options.get("request_id"),
+        "replay_of": options.get("replay_of"),
+        "created_at": now,
+        "updated_at": now,
+    }
 
 
 def enqueue(
@@ -35,35 +83,35 @@ def enqueue(
     app: Celery,
     name: str,
     kwargs: dict[str, Any],
-    *,
-    queue: str | None = None,
-    countdown: float | None = None,
-    eta: datetime | None = None,
-    priority: int | None = None,
-    request_id: str | None = None,
-    replay_of: str | None = None,
+    **options: Unpack[SendOptions],
 ) -> TaskRecord:
     """Record a task in the caller's transaction; it is published once that commits."""
-    if countdown is not None:
-        eta = utcnow() + timedelta(seconds=countdown)
-    elif eta is not None and eta.tzinfo is not None:
-        eta = eta.astimezone(UTC).replace(tzinfo=None)
-    record = TaskRecord(
-        id=str(uuid.uuid4()),
-        name=name,
-        queue=queue or app.amqp.router.route({}, name)["queue"].name,
-        args=[],
-        kwargs=kwargs,
-        priority=priority,
-        eta=eta,
-        state=TaskState.QUEUED,
-        attempts=0,
-        dispatches=0,
-        request_id=request_id,
-        replay_of=replay_of,
-    )
+    record = TaskRecord(**new_row(app, name, kwargs, **options))
     session.add(record)
     session.info.setdefault(_PENDING, []).append((app, record))
+    return record
+
+
+# Not retried: a connection lost during the INSERT leaves it unknown whether the row
+# landed, and the caller (503, nothing published) is the one to decide.
+def _insert(row: dict[str, Any]) -> None:
+    with single_statement() as connection:
+        connection.execute(statements.INSERT, row)
+
+
+def submit(
+    app: Celery, name: str, kwargs: dict[str, Any], **options: Unpack[SendOptions]
+) -> TaskRecord:
+    """Record a task and publish it, outside any caller's transaction (the API's submit).
+
+    The same guarantee as `enqueue` in a transaction of its own, for a third of the
+    database work: one autocommit INSERT (durable when it returns), the publish, and
+    one autocommit UPDATE to PUBLISHED, with no ORM unit of work.
+    """
+    row = new_row(app, name, kwargs, **options)
+    _insert(row)
+    record = TaskRecord(**row)
+    publish(app, record)
     return record
 
 
@@ -74,8 +122,13 @@ def publish(app: Celery, record: TaskRecord) -> bool:
         options["eta"] = record.eta.replace(tzinfo=None)
     if record.priority is not None:
         options["priority"] = record.priority
+    headers: dict[str, Any] = {}
     if record.request_id:
-        options["headers"] = {"request_id": record.request_id}
+        headers["request_id"] = record.request_id
+    if record.dispatches:
+        headers[REDISPATCH_HEADER] = True
+    if headers:
+        options["headers"] = headers
     try:
         # Nothing here waits on the result: skip the result-channel subscription, which
         # would run outside the publish retry policy.
@@ -88,16 +141,7 @@ def publish(app: Celery, record: TaskRecord) -> bool:
         )
         return False
     try:
-        with session_scope() as session:
-            session.execute(
-                update(TaskRecord)
-                .where(TaskRecord.id == record.id, TaskRecord.state == TaskState.QUEUED)
-                .values(
-                    state=TaskState.PUBLISHED,
-                    published_at=utcnow(),
-                    dispatches=TaskRecord.dispatches + 1,
-                )
-            )
+        _mark_published(record.id)
     except SQLAlchemyError as exc:
         # Published but still QUEUED in the ledger: at worst the reconcile job sends it
         # again, and the worker's guard skips it once it has finished.
@@ -105,16 +149,32 @@ def publish(app: Celery, record: TaskRecord) -> bool:
             "task published but not marked", extra={"task_id": record.id, "error": str(exc)}
         )
         return True
-    record.state = TaskState.PUBLISHED
+    # Not an ORM change: the row may still sit in the session that just committed it.
+    set_committed_value(record, "state", TaskState.PUBLISHED)
     return True
 
 
+@retry_on_disconnect
+def _mark_published(task_id: str) -> None:
+    with single_statement() as connection:
+        connection.execute(statements.MARK_PUBLISHED, {"task_id": task_id, "now": utcnow()})
+
+
 @event.listens_for(Session, "after_commit")
-def _publish_after_commit(session: Session) -> None:
-    for app, record in session.info.pop(_PENDING, []):
-        publish(app, record)
+def _keep_committed(session: Session) -> None:
+    # Still inside commit(): the session's connection is not back in the pool yet.
+    session.info.setdefault(_COMMITTED, []).extend(session.info.pop(_PENDING, []))
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _publish_committed(session: Session, transaction: SessionTransaction) -> None:
+    # The outermost transaction is over and its connection returned: publish now.
+    if transaction.parent is None:
+        for app, record in session.info.pop(_COMMITTED, []):
+            publish(app, record)
 
 
 @event.listens_for(Session, "after_rollback")
 def _forget_after_rollback(session: Session) -> None:
     session.info.pop(_PENDING, None)
+    session.info.pop(_COMMITTED, None)

@@ -7,6 +7,7 @@ import logging
 from celery.worker.request import Request
 from celery.worker.state import task_ready
 
+from {{ cookiecutter.package_name }}.ledger.publish import REDISPATCH_HEADER
 from {{ cookiecutter.package_name }}.ledger.tracking import is_final
 
 logger = logging.getLogger(__name__)
@@ -15,15 +16,19 @@ logger = logging.getLogger(__name__)
 class LedgerRequest(Request):
     """Checked in the worker before the task reaches the pool (and before STARTED is stored).
 
-    A message can arrive twice: redelivered after a failover, or re-sent by the
-    reconcile job while the first copy was only slow. When the ledger row already
-    finished, the copy is acknowledged and dropped, so the side effect never repeats.
+    A message can arrive twice: restored by kombu after a worker loss or a failover
+    (flagged `redelivered`), or sent again by the reconcile job while the first copy was
+    only slow (flagged with REDISPATCH_HEADER). When the ledger row of such a copy has
+    already finished, the copy is acknowledged and dropped, so the side effect never
+    repeats. A first delivery skips the lookup: it cannot be a copy, and the lookup
+    would block the worker's event loop for every task. The claim in the pool process
+    (ReliableTask.before_start) remains the guard of last resort for every delivery.
     """
 
     def revoked(self) -> bool:
         if super().revoked():
             return True
-        if not is_final(self.id):
+        if not self.may_be_a_copy or not is_final(self.id):
             return False
         logger.info(
             "skipping delivery of a finished task",
@@ -33,3 +38,9 @@ class LedgerRequest(Request):
         self.acknowledge()
         self._already_revoked = True
         return True
+
+    @property
+    def may_be_a_copy(self) -> bool:
+        return bool(
+            self.delivery_info.get("redelivered") or self.request_dict.get(REDISPATCH_HEADER)
+        )

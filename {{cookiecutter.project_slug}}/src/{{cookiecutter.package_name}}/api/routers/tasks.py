@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from celery import Celery, states
 from celery.result import AsyncResult
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
+from sqlalchemy import Row
 
 from {{ cookiecutter.package_name }}.api.catalog import SubmissionRejected, TaskCatalog
 from {{ cookiecutter.package_name }}.api.dispatch import (
@@ -15,6 +16,7 @@ from {{ cookiecutter.package_name }}.api.dispatch import (
     BrokerUnavailable,
     LedgerUnavailable,
     dispatch,
+    ledger_errors,
     ledger_session,
 )
 from {{ cookiecutter.package_name }}.api.metrics import TASKS_SUBMITTED
@@ -25,6 +27,8 @@ from {{ cookiecutter.package_name }}.api.schemas import (
     TaskStatus,
     TaskSubmission,
 )
+from {{ cookiecutter.package_name }}.ledger import statements
+from {{ cookiecutter.package_name }}.ledger.db import single_statement
 from {{ cookiecutter.package_name }}.ledger.models import FINAL_STATES, TaskRecord, TaskState
 from {{ cookiecutter.package_name }}.ledger.tracking import mark
 from {{ cookiecutter.package_name }}.observability.logging import request_id_var
@@ -172,9 +176,10 @@ def accepted(request: Request, response: Response, record: TaskRecord) -> TaskAc
     )
 
 
-def _ledger_row(task_id: str) -> TaskRecord | None:
-    with ledger_session() as session:
-        return session.get(TaskRecord, task_id)
+def _ledger_row(task_id: str) -> Row[Any] | None:
+    """The row's columns, read in one autocommit round trip."""
+    with ledger_errors(), single_statement() as connection:
+        return connection.execute(statements.ROW, {"task_id": task_id}).one_or_none()
 
 
 def _error(exc: BaseException) -> TaskError:
