@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from anyio import to_thread
 from celery.result import denied_join_result
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -54,11 +53,6 @@ async def _lifespan(api: FastAPI) -> AsyncIterator[None]:
     Otherwise every publish first subscribes to the task's result channel, outside the
     publish retry policy, and a Sentinel failover turns that subscription into a 503.
     """
-    # Each request thread holds at most one ledger connection at a time: no more
-    # threads than pooled connections, so a burst queues for a thread (cheap) instead
-    # of opening and closing connections past the pool.
-    settings: Settings = api.state.settings
-    to_thread.current_default_thread_limiter().total_tokens = settings.database_pool_size
     with denied_join_result():
         yield
 
