@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # System packages for the baked projects' integration tier: Redis + Sentinel, MariaDB and
 # PostgreSQL, run by the tests as private processes on free ports (never as system services);
-# and promtool / amtool (packages prometheus, prometheus-alertmanager), which the unit tier
-# uses to check the monitoring configuration offline.
+# promtool / amtool (packages prometheus, prometheus-alertmanager), which the unit tier
+# uses to check the monitoring configuration offline; and wrk, the HTTP load generator of
+# the baked projects' benchmarks (`make bench-smoke`).
 # Idempotent: installs only what is missing, then makes sure none of these packages'
 # services keeps running on its default port, and prints the versions.
 # Runs as root on Debian bookworm (CI=true); elsewhere it installs through sudo if it can.
@@ -49,6 +50,7 @@ fi
 command -v runuser >/dev/null 2>&1 || missing+=(util-linux)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v amtool >/dev/null 2>&1 || missing+=(prometheus-alertmanager)
+command -v wrk >/dev/null 2>&1 || missing+=(wrk)
 
 if [ "${#missing[@]}" -gt 0 ]; then
   # Package scripts must not start services: the tests run their own instances.
@@ -71,8 +73,8 @@ if [ "${#missing[@]}" -gt 0 ]; then
   cleanup_policy
   trap - EXIT
 else
-  log "redis-server, redis-sentinel, mariadb-server, postgresql, prometheus and" \
-    "prometheus-alertmanager already installed"
+  log "redis-server, redis-sentinel, mariadb-server, postgresql, prometheus," \
+    "prometheus-alertmanager and wrk already installed"
 fi
 
 # Stop (and on systemd, disable) the packages' own services if anything started them.
@@ -109,3 +111,4 @@ log "$(mariadbd --version)"
 log "$("$pg_dir/postgres" --version) ($pg_dir)"
 log "$(promtool --version 2>&1 | head -n 1)"
 log "$(amtool --version 2>&1 | head -n 1)"
+log "$(wrk --version 2>&1 | head -n 1)"

@@ -1,0 +1,43 @@
+"""A Celery app left at Celery's defaults: the baseline of the worker scenarios.
+
+Only the broker and the result backend are set, to the same Redis the project uses (the
+same Sentinel URLs, master name and passwords). Everything else (acks, prefetch, events,
+serialisation, retries, logging) is whatever Celery does out of the box.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from celery import Celery
+
+from {{ cookiecutter.package_name }}.settings import get_settings
+
+_settings = get_settings()
+
+
+def _transport_options() -> dict[str, Any]:
+    """What a Sentinel URL cannot carry: the master's name and the sentinels' password."""
+    if _settings.redis_mode != "sentinel":
+        return {}
+    password = _settings.redis_sentinel_password.get_secret_value() or None
+    return {"master_name": _settings.redis_master_name, "sentinel_kwargs": {"password": password}}
+
+
+app = Celery("plain", broker=_settings.broker_url, backend=_settings.result_backend_url)
+app.conf.broker_transport_options = _transport_options()
+app.conf.result_backend_transport_options = _transport_options()
+
+
+@app.task(name="plain.noop")
+def noop(message: str) -> str:
+    """Return at once: what the worker itself costs per task."""
+    return message
+
+
+@app.task(name="plain.sleep")
+def sleep(seconds: float) -> float:
+    """Sleep (cooperatively under gevent): a task that waits on something."""
+    time.sleep(seconds)
+    return seconds
