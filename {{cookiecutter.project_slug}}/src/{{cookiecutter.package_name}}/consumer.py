@@ -6,7 +6,7 @@ Celery buffers task events and flushes the buffer at the next turn of the event 
 With one message reserved per slot (R03) that turn rarely holds more than one event, so
 each task cost three Redis PUBLISH calls (received, started, succeeded): a third of the
 worker main process's time. Flushing at most every EVENT_FLUSH_INTERVAL seconds sends the
-same events, in order, as `task.multi` batches that Flower and the exporter unpack;
+same events, in order, as `task.multi` batches that event monitors unpack;
 they see each event that much later. A full buffer (24 events) still goes at once.
 """
 
