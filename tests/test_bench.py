@@ -52,6 +52,8 @@ def test_make_bench_smoke_writes_every_scenario(bake, combo, tmp_path) -> None:
         pytest.skip(message)
     baked = bake(combo)
     output = tmp_path / "bench-smoke"
+    committed = baked.path / "bench" / "results"
+    committed_before = {path.name: path.read_bytes() for path in committed.glob("*")}
     result = run(
         ["make", "bench-smoke", f"BENCH_SMOKE_DIR={output}"],
         cwd=baked.path,
@@ -67,4 +69,4 @@ def test_make_bench_smoke_writes_every_scenario(bake, combo, tmp_path) -> None:
     assert (output / "report.png").stat().st_size > 0
     assert "bench:results:begin" in (output / "README.md").read_text()
     # The committed results are left alone.
-    assert not list((baked.path / "bench" / "results").glob("*.json"))
+    assert {path.name: path.read_bytes() for path in committed.glob("*")} == committed_before
