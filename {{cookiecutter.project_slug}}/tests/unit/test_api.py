@@ -172,6 +172,29 @@ def test_status_shows_state_progress_result_and_error(
         assert body[key] == value
 
 
+def test_a_status_call_reads_the_result_backend_once(
+    client: TestClient, celery_app: Celery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    running, finished = str(uuid.uuid4()), str(uuid.uuid4())
+    celery_app.backend.store_result(running, {"done": 1, "total": 4}, "PROGRESS")
+    celery_app.backend.store_result(finished, "done", states.SUCCESS)
+    reads: list[str] = []
+    # app.backend is one instance per thread, and the endpoint runs in the server's.
+    backend_class: Any = type(celery_app.backend)
+    read = backend_class.get
+
+    def counted_read(backend: Any, key: str) -> Any:
+        reads.append(key)
+        return read(backend, key)
+
+    monkeypatch.setattr(backend_class, "get", counted_read)
+    for task_id in (running, finished):
+        reads.clear()
+        body = client.get(f"{TASKS}/{task_id}").json()
+        assert len(reads) == 1, reads
+    assert datetime.fromisoformat(body["date_done"]) <= datetime.now(UTC)
+
+
 def test_status_of_an_unknown_task_is_404_and_bad_ids_are_422(client: TestClient) -> None:
     assert client.get(f"{TASKS}/{uuid.uuid4()}").status_code == 404
     assert client.get(f"{TASKS}/not-a-uuid").status_code == 422

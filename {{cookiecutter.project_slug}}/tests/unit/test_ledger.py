@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 from alembic import command
 from celery import Celery
-from sqlalchemy import create_engine, func, inspect, select
+from kombu.exceptions import OperationalError
+from sqlalchemy import create_engine, event, func, inspect, select
 
 from {{ cookiecutter.package_name }}.ledger.beat import acquire_lease, install_defaults
 from {{ cookiecutter.package_name }}.ledger.db import open_engines, session_scope
@@ -221,6 +222,59 @@ def test_reconcile_redispatches_stalled_rows_once_and_buries_exhausted_ones(
     # A second run right after finds nothing left to do: no double dispatch.
     again = reconcile(celery_app, SETTINGS)
     assert not set(again.redispatched) & {lost_publish, lost_in_failover, dead_worker}
+
+
+@pytest.mark.reliability("R34")
+def test_a_reconcile_pass_takes_as_many_statements_for_fifty_rows_as_for_one(
+    celery_app: Celery,
+) -> None:
+    """The claim and the PUBLISHED mark are one statement each, whatever the batch."""
+    stale = timedelta(seconds=SETTINGS.reconcile_started_after + 60)
+    reconcile(celery_app, SETTINGS)  # what earlier tests left behind
+    statements: list[str] = []
+
+    def count(*args: Any) -> None:
+        statements.append(args[2])
+
+    def statements_of_a_pass(rows: int) -> int:
+        ids = {add_row(TaskState.STARTED, stale, attempts=1) for _ in range(rows)}
+        statements.clear()
+        assert set(reconcile(celery_app, SETTINGS).redispatched) == ids
+        taken = len(statements)
+        assert {state_of(task_id) for task_id in ids} == {TaskState.PUBLISHED}
+        return taken
+
+    engines = open_engines()
+    for engine in engines:
+        event.listen(engine, "before_cursor_execute", count)
+    try:
+        one, fifty = statements_of_a_pass(1), statements_of_a_pass(50)
+    finally:
+        for engine in engines:
+            event.remove(engine, "before_cursor_execute", count)
+    assert one == fifty, statements
+
+
+@pytest.mark.reliability("R34")
+def test_reconcile_stops_sending_at_the_first_broker_failure(
+    celery_app: Celery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the broker down, one publish waits out the retry policy, not one per row."""
+    stale = timedelta(seconds=SETTINGS.reconcile_started_after + 60)
+    reconcile(celery_app, SETTINGS)  # what earlier tests left behind
+    ids = {add_row(TaskState.STARTED, stale, attempts=1) for _ in range(3)}
+    attempts: list[str] = []
+
+    def broker_down(self: Celery, name: str, *args: Any, **kwargs: Any) -> Any:
+        attempts.append(kwargs["task_id"])
+        raise OperationalError("broker down")
+
+    monkeypatch.setattr(Celery, "send_task", broker_down)
+    report = reconcile(celery_app, SETTINGS)
+    assert report.redispatched == []
+    assert len(attempts) == 1
+    # Claimed and left QUEUED: the next pass sends them once the broker is back.
+    assert {state_of(task_id) for task_id in ids} == {TaskState.QUEUED}
 
 
 def test_prune_deletes_only_old_finished_rows() -> None:

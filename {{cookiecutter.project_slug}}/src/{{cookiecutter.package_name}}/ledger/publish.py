@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypedDict, Unpack
 
@@ -117,6 +118,40 @@ def submit(
 
 def publish(app: Celery, record: TaskRecord) -> bool:
     """Send one row's message; mark it PUBLISHED. False (row stays QUEUED) if the broker is down."""
+    return bool(publish_all(app, [record]))
+
+
+def publish_all(app: Celery, records: Sequence[TaskRecord]) -> list[TaskRecord]:
+    """Send each row's message, then mark every sent row PUBLISHED in one statement.
+
+    Returns the rows sent. The first broker failure ends the run: the broker is down, and
+    the rows not sent stay QUEUED for the reconcile job instead of each waiting out the
+    publish retry policy.
+    """
+    sent: list[TaskRecord] = []
+    for record in records:
+        if not _send(app, record):
+            break
+        sent.append(record)
+    if not sent:
+        return sent
+    try:
+        _mark_published([record.id for record in sent])
+    except SQLAlchemyError as exc:
+        # Published but still QUEUED in the ledger: at worst the reconcile job sends them
+        # again, and the worker's guard skips a copy of a task that has finished.
+        logger.warning(
+            "tasks published but not marked",
+            extra={"task_ids": [record.id for record in sent], "error": str(exc)},
+        )
+        return sent
+    for record in sent:
+        # Not an ORM change: the row may still sit in the session that just committed it.
+        set_committed_value(record, "state", TaskState.PUBLISHED)
+    return sent
+
+
+def _send(app: Celery, record: TaskRecord) -> bool:
     options: dict[str, Any] = {"queue": record.queue}
     if record.eta is not None:
         options["eta"] = record.eta.replace(tzinfo=None)
@@ -140,24 +175,13 @@ def publish(app: Celery, record: TaskRecord) -> bool:
             extra={"task_id": record.id, "task_name": record.name, "error": str(exc)},
         )
         return False
-    try:
-        _mark_published(record.id)
-    except SQLAlchemyError as exc:
-        # Published but still QUEUED in the ledger: at worst the reconcile job sends it
-        # again, and the worker's guard skips it once it has finished.
-        logger.warning(
-            "task published but not marked", extra={"task_id": record.id, "error": str(exc)}
-        )
-        return True
-    # Not an ORM change: the row may still sit in the session that just committed it.
-    set_committed_value(record, "state", TaskState.PUBLISHED)
     return True
 
 
 @retry_on_disconnect
-def _mark_published(task_id: str) -> None:
+def _mark_published(task_ids: list[str]) -> None:
     with single_statement() as connection:
-        connection.execute(statements.MARK_PUBLISHED, {"task_id": task_id, "now": utcnow()})
+        connection.execute(statements.MARK_PUBLISHED, {"task_ids": task_ids, "now": utcnow()})
 
 
 @event.listens_for(Session, "after_commit")
@@ -170,8 +194,9 @@ def _keep_committed(session: Session) -> None:
 def _publish_committed(session: Session, transaction: SessionTransaction) -> None:
     # The outermost transaction is over and its connection returned: publish now.
     if transaction.parent is None:
-        for app, record in session.info.pop(_COMMITTED, []):
-            publish(app, record)
+        committed = session.info.pop(_COMMITTED, [])
+        for app in dict.fromkeys(app for app, _ in committed):
+            publish_all(app, [record for owner, record in committed if owner is app])
 
 
 @event.listens_for(Session, "after_rollback")

@@ -8,16 +8,18 @@ so two runs never both re-dispatch the same row (SQLite included).
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from celery import Celery
-from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy import and_, delete, or_, select, tuple_, update
+from sqlalchemy.orm import Session
 
 from {{ cookiecutter.package_name }}.ledger.db import changed_rows, session_scope
 from {{ cookiecutter.package_name }}.ledger.deadletters import send_to_dead_queue
 from {{ cookiecutter.package_name }}.ledger.models import FINAL_STATES, TaskRecord, TaskState, utcnow
-from {{ cookiecutter.package_name }}.ledger.publish import publish
+from {{ cookiecutter.package_name }}.ledger.publish import publish_all
 from {{ cookiecutter.package_name }}.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -41,9 +43,6 @@ def stale_after(settings: Settings) -> dict[TaskState, timedelta]:
 
 def reconcile(app: Celery, settings: Settings, now: datetime | None = None) -> ReconcileReport:
     now = now or utcnow()
-    report = ReconcileReport()
-    to_publish: list[TaskRecord] = []
-    to_bury: list[TaskRecord] = []
     stale = or_(
         *(
             and_(TaskRecord.state == state, TaskRecord.updated_at < now - age)
@@ -51,6 +50,7 @@ def reconcile(app: Celery, settings: Settings, now: datetime | None = None) -> R
         )
     )
     not_waiting = or_(TaskRecord.eta.is_(None), TaskRecord.eta < now)
+    limit_reason = f"attempt limit {settings.ledger_max_attempts} reached"
     with session_scope() as session:
         candidates = session.scalars(
             select(TaskRecord)
@@ -59,53 +59,73 @@ def reconcile(app: Celery, settings: Settings, now: datetime | None = None) -> R
             .limit(settings.reconcile_batch_size)
             .with_for_update(skip_locked=True)
         ).all()
-        for row in candidates:
-            # Bounded both ways: too many starts (a poison task), or too many sends
-            # that never started (nothing consumes its queue).
-            exhausted = max(row.attempts, row.dispatches) >= settings.ledger_max_attempts
-            target = TaskState.DEAD if exhausted else TaskState.QUEUED
-            claimed = changed_rows(
-                session,
-                update(TaskRecord)
-                .where(
-                    TaskRecord.id == row.id,
-                    TaskRecord.state == row.state,
-                    TaskRecord.updated_at == row.updated_at,
-                )
-                .values(
-                    state=target,
-                    updated_at=now,
-                    finished_at=now if exhausted else None,
-                    last_error=(
-                        f"attempt limit {settings.ledger_max_attempts} reached"
-                        if exhausted
-                        else row.last_error
-                    ),
-                )
-                .execution_options(synchronize_session=False),
-            )
-            if not claimed:
-                continue
+        # Bounded both ways: too many starts (a poison task), or too many sends that never
+        # started (nothing consumes its queue).
+        exhausted = {
+            row.id
+            for row in candidates
+            if max(row.attempts, row.dispatches) >= settings.ledger_max_attempts
+        }
+        to_bury = _claim(
+            session,
+            [row for row in candidates if row.id in exhausted],
+            now,
+            state=TaskState.DEAD,
+            finished_at=now,
+            last_error=limit_reason,
+        )
+        to_publish = _claim(
+            session,
+            [row for row in candidates if row.id not in exhausted],
+            now,
+            state=TaskState.QUEUED,
+        )
+    for event, rows in (("reconcile_dead", to_bury), ("reconcile_redispatch", to_publish)):
+        for row in rows:
             logger.warning(
                 "reconcile: task stalled",
                 extra={
-                    "event": "reconcile_dead" if exhausted else "reconcile_redispatch",
+                    "event": event,
                     "task_id": row.id,
                     "task_name": row.name,
                     "stalled_state": row.state,
                     "attempts": row.attempts,
                 },
             )
-            (to_bury if exhausted else to_publish).append(row)
     for row in to_publish:
         row.state = TaskState.QUEUED
-        publish(app, row)
-        report.redispatched.append(row.id)
+    report = ReconcileReport(redispatched=[row.id for row in publish_all(app, to_publish)])
     for row in to_bury:
-        reason = f"attempt limit {settings.ledger_max_attempts} reached"
-        send_to_dead_queue(app, row.id, row.name, row.kwargs, reason)
+        send_to_dead_queue(app, row.id, row.name, row.kwargs, limit_reason)
         report.dead.append(row.id)
     return report
+
+
+def _claim(
+    session: Session, rows: Sequence[TaskRecord], now: datetime, **values: object
+) -> list[TaskRecord]:
+    """Compare-and-set the rows still as they were read (state, updated_at); those changed.
+
+    One UPDATE for all of them, then one read of which rows it changed: this pass's `now`
+    in updated_at marks them, on every dialect, RETURNING or not.
+    """
+    if not rows:
+        return []
+    as_read = [(row.id, row.state, row.updated_at) for row in rows]
+    session.execute(
+        update(TaskRecord)
+        .where(tuple_(TaskRecord.id, TaskRecord.state, TaskRecord.updated_at).in_(as_read))
+        .values(updated_at=now, **values)
+        .execution_options(synchronize_session=False)
+    )
+    changed = set(
+        session.scalars(
+            select(TaskRecord.id).where(
+                TaskRecord.id.in_([row.id for row in rows]), TaskRecord.updated_at == now
+            )
+        )
+    )
+    return [row for row in rows if row.id in changed]
 
 
 def prune(settings: Settings, now: datetime | None = None) -> int:

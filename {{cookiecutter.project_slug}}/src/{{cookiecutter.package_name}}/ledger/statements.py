@@ -19,10 +19,13 @@ _UNFINISHED = LEDGER.c.state.not_in(FINAL_STATES)
 # A new row: the values of publish.new_row().
 INSERT = insert(LEDGER)
 
-# Handed to the broker (only a QUEUED row: a fast worker may already have claimed it).
+# Handed to the broker (`task_ids`; only QUEUED rows: a fast worker may have claimed one).
 MARK_PUBLISHED = (
     update(LEDGER)
-    .where(_ROW, LEDGER.c.state == TaskState.QUEUED)
+    .where(
+        LEDGER.c.id.in_(bindparam("task_ids", expanding=True)),
+        LEDGER.c.state == TaskState.QUEUED,
+    )
     .values(
         state=TaskState.PUBLISHED,
         published_at=bindparam("now", type_=DateTime),

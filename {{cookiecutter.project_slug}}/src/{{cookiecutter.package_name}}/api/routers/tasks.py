@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Annotated, Any
 
 from celery import Celery, states
@@ -101,10 +102,9 @@ def get_task(task_id: uuid.UUID, app: CeleryDep) -> TaskStatus:
     """The ledger's record (state, attempts, timestamps) plus Celery's state and result."""
     key = str(task_id)
     record = _ledger_row(key)
-    result: AsyncResult[Any] = AsyncResult(key, app=app)
     celery_state: str
     try:
-        celery_state, info, date_done = result.state, result.info, result.date_done
+        celery_state, info, date_done = _backend_status(app, key)
     except BROKER_ERRORS as exc:
         if record is None:
             raise BrokerUnavailable(f"result backend unreachable: {exc}") from exc
@@ -180,6 +180,19 @@ def _ledger_row(task_id: str) -> Row[Any] | None:
     """The row's columns, read in one autocommit round trip."""
     with ledger_errors(), single_statement() as connection:
         return connection.execute(statements.ROW, {"task_id": task_id}).one_or_none()
+
+
+def _backend_status(app: Celery, task_id: str) -> tuple[str, Any, datetime | None]:
+    """Celery's state, result (or progress, or exception) and date_done, in one read.
+
+    AsyncResult's properties each read the backend again until the task is ready: three
+    round trips per status call for a task that is still running.
+    """
+    meta = app.backend.get_task_meta(task_id)
+    date_done = meta.get("date_done")
+    if isinstance(date_done, str):
+        date_done = datetime.fromisoformat(date_done)
+    return str(meta["status"]), meta.get("result"), date_done
 
 
 def _error(exc: BaseException) -> TaskError:
