@@ -1,8 +1,10 @@
-"""API: `POST /api/v1/tasks` and `GET /api/v1/tasks/{id}`, the project's app against a bare one.
+"""API: `POST /api/v1/tasks` and `GET /api/v1/tasks/{id}`, the project's app against bare ones.
 
-Both run under the project's gunicorn configuration (api/gunicorn_conf.py: the same worker
-class and worker count); the bare app is bench/bare_api.py. Each endpoint is loaded at
-each connection count for a fixed time (bench/http_load.py), the two apps taking turns.
+All run under the project's gunicorn configuration (api/gunicorn_conf.py: the same worker
+class and worker count); the bare apps are in bench/bare_api.py: `bare` answers canned
+JSON, `celery-only` publishes and reads the result backend with nothing else. Each endpoint
+is loaded at each connection count for a fixed time (bench/http_load.py), the apps taking
+turns.
 Besides requests per second and latency percentiles, the figures count non-2xx answers
 and socket errors, and the API processes' CPU time per request: wrk's connections can
 pile onto one gunicorn worker, which requests per second alone would not show.
@@ -24,25 +26,26 @@ from bench.rounds import ratio, rotated, summary
 from bench.services import PROJECT_QUEUE, Services
 
 TASKS = "/api/v1/tasks"
-# The apps compared; ratios are to the bare one.
-APPS = ("project", "bare")
-BASELINE = "bare"
+# The apps compared; the bare ones, by their bench/bare_api.py attribute, are the
+# baselines of the ratios.
+APPS = ("project", "bare", "celery-only")
+BARE_APPS = {"bare": "app", "celery-only": "celery_only"}
 ENDPOINTS = ("POST", "GET")
 
 
-def start_bare_api(services: Services) -> tuple[SupervisedProcess, str]:
-    """bench/bare_api.py under gunicorn with the project's gunicorn configuration."""
+def start_bare_api(services: Services, name: str) -> tuple[SupervisedProcess, str]:
+    """One of bench/bare_api.py's apps under the project's gunicorn configuration."""
     port = free_port()
     process = services.process(
-        "bare-api",
+        name,
         [
             str(venv_bin() / "gunicorn"),
             "--config=python:{{ cookiecutter.package_name }}.api.gunicorn_conf",
-            "bench.bare_api:app",
+            f"bench.bare_api:{BARE_APPS[name]}",
         ],
         env={
             "API_BIND": f"{LOOPBACK}:{port}",
-            "PROMETHEUS_MULTIPROC_DIR": str(services.stack.run_dir / "bare-prometheus"),
+            "PROMETHEUS_MULTIPROC_DIR": str(services.stack.run_dir / f"{name}-prometheus"),
         },
     )
     url = f"http://{LOOPBACK}:{port}"
@@ -55,7 +58,7 @@ def start_bare_api(services: Services) -> tuple[SupervisedProcess, str]:
             pass
         if time.monotonic() > deadline or not process.running:
             process.stop()
-            raise TimeoutError(f"the bare API did not answer\n{process.log_tail()}")
+            raise TimeoutError(f"the {name} API did not answer\n{process.log_tail()}")
         time.sleep(0.2)
 
 
@@ -100,12 +103,9 @@ def figures(loads: list[tuple[Load, float]]) -> dict[str, Any]:
 def run(
     services: Services, *, rounds: int, seconds: float, connections: list[int]
 ) -> dict[str, Any]:
-    bare, bare_url = start_bare_api(services)
+    bare = {name: start_bare_api(services, name) for name in BARE_APPS}
     try:
-        targets = {
-            "project": (services.stack.processes["api"], services.stack.api_url),
-            "bare": (bare, bare_url),
-        }
+        targets = {"project": (services.stack.processes["api"], services.stack.api_url), **bare}
         task_ids = {app: submitted_task(url) for app, (_, url) in targets.items()}
         cells = [(endpoint, count) for endpoint in ENDPOINTS for count in connections]
         loads: dict[tuple[str, str, int], list[tuple[Load, float]]] = {}
@@ -126,22 +126,26 @@ def run(
                         flush=True,
                     )
     finally:
-        bare.stop()
+        for process, _ in bare.values():
+            process.stop()
     results = []
     for endpoint, count in cells:
-        baseline = figures(loads[(BASELINE, endpoint, count)])
+        found = {app: figures(loads[(app, endpoint, count)]) for app in APPS}
+        path = TASKS if endpoint == "POST" else TASKS + "/{id}"
         for app in APPS:
-            found = figures(loads[(app, endpoint, count)])
-            path = TASKS if endpoint == "POST" else TASKS + "/{id}"
+            rate = found[app]["requests_per_second"]
             results.append(
                 {
                     "app": app,
                     "endpoint": f"{endpoint} {path}",
                     "connections": count,
-                    **found,
-                    "ratio_to_bare": ratio(
-                        found["requests_per_second"], baseline["requests_per_second"]
-                    ),
+                    **found[app],
+                    **{
+                        f"ratio_to_{baseline.replace('-', '_')}": ratio(
+                            rate, found[baseline]["requests_per_second"]
+                        )
+                        for baseline in BARE_APPS
+                    },
                 }
             )
     return {

@@ -1,9 +1,14 @@
-"""A bare FastAPI app with the task API's two routes, answering canned JSON.
+"""Bare FastAPI apps with the task API's two routes: the baselines of the API scenario.
 
-The baseline of the API scenario: run under the project's own gunicorn configuration
-(same worker class, same worker count), it shows what FastAPI, uvicorn and gunicorn cost
-before the ledger, the broker or any middleware does anything. The handlers are plain
-`def`, like the project's, so both pay the same hop to the thread pool.
+- `app` answers canned JSON: what FastAPI, uvicorn and gunicorn cost before the ledger,
+  the broker or any middleware does anything.
+- `celery_only` publishes with the project's Celery app and reads its result backend,
+  with no ledger and no middleware: the floor of any API that hands each request to
+  Celery, which the project's figures can be held against.
+
+Both run under the project's own gunicorn configuration (same worker class, same worker
+count). The handlers are plain `def`, like the project's, so all pay the same hop to the
+thread pool.
 """
 
 from __future__ import annotations
@@ -11,10 +16,14 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from celery.result import denied_join_result
 from fastapi import FastAPI, status
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
+from {{ cookiecutter.package_name }}.celery_app import app as celery
+
 app = FastAPI(title="bare")
+celery_only = FastAPI(title="bare, Celery only")
 
 
 class Submission(BaseModel):
@@ -46,3 +55,22 @@ def get_task(task_id: uuid.UUID) -> dict[str, Any]:
         "attempts": 1,
         "result": "x",
     }
+
+
+@celery_only.post("/api/v1/tasks", status_code=status.HTTP_202_ACCEPTED)
+def submit_to_celery(submission: Submission) -> dict[str, str]:
+    with denied_join_result():
+        task_id = str(celery.send_task(submission.name, kwargs=submission.kwargs).id)
+    return {
+        "id": task_id,
+        "name": submission.name,
+        "queue": "default",
+        "state": "PUBLISHED",
+        "status_url": f"/api/v1/tasks/{task_id}",
+    }
+
+
+@celery_only.get("/api/v1/tasks/{task_id}")
+def status_from_celery(task_id: uuid.UUID) -> dict[str, Any]:
+    meta = celery.backend.get_task_meta(str(task_id))
+    return {"id": str(task_id), "celery_state": meta["status"], "result": meta.get("result")}

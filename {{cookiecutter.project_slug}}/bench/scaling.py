@@ -5,8 +5,9 @@
 - Ledgers of growing size (by default 10k, 100k and 1M finished rows), each with 1,000
   stale rows: the time of one reconcile pass (finding the stale rows, which should not
   mean reading the finished ones, and sending a batch of them again: RECONCILE_BATCH_SIZE)
-  and `GET /api/v1/tasks/{id}` latency on a finished row. The table only grows, so sizes
-  follow each other; rounds repeat within a size.
+  and `GET /api/v1/tasks/{id}` on a finished row: its p99 with one connection (what the
+  lookup itself takes) and its p99 and rate under 16 (what queueing on 2 cores adds).
+  The table only grows, so sizes follow each other; rounds repeat within a size.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from bench import worker_throughput
-from bench.http_load import run_load
+from bench.http_load import Load, run_load
 from bench.rounds import rotated, summary
 from bench.services import PROJECT_QUEUE, Services
 
@@ -22,7 +23,8 @@ from bench.services import PROJECT_QUEUE, Services
 CONCURRENCIES = (1, 2, 4)
 # Stale rows beside the finished ones: more than one reconcile batch (500 by default).
 STALE_ROWS = 1000
-# wrk connections for the status lookups.
+# wrk connections for the status lookups: one alone, then a load.
+LOOKUP_CONNECTIONS = 1
 GET_CONNECTIONS = 16
 
 
@@ -53,10 +55,8 @@ def ledger_sizes(
         reconciled = services.child("ledger_probe", "reconcile", str(rounds))
         services.purge(PROJECT_QUEUE)
         url = f"{services.stack.api_url}/api/v1/tasks/{filled['sample_id']}"
-        loads = [
-            run_load(url, post=False, connections=GET_CONNECTIONS, seconds=seconds)
-            for _ in range(rounds)
-        ]
+        alone = _lookups(url, LOOKUP_CONNECTIONS, rounds=rounds, seconds=seconds)
+        loads = _lookups(url, GET_CONNECTIONS, rounds=rounds, seconds=seconds)
         results.append(
             {
                 "final_rows": size,
@@ -65,20 +65,28 @@ def ledger_sizes(
                 "fill_seconds": round(filled["seconds"], 2),
                 "reconcile_seconds": summary(reconciled["seconds"], "s"),
                 "reconcile_redispatched": reconciled["redispatched"],
+                "lookup_p99_ms": summary([load.p99_ms for load in alone], "ms"),
                 "get_connections": GET_CONNECTIONS,
                 "get_p99_ms": summary([load.p99_ms for load in loads], "ms"),
                 "get_requests_per_second": summary(
                     [load.requests_per_second for load in loads], "req/s"
                 ),
-                "get_non_2xx": sum(load.non_2xx for load in loads),
+                "get_non_2xx": sum(load.non_2xx for load in (*alone, *loads)),
             }
         )
         print(
             f"bench: ledger {size} rows: reconcile {results[-1]['reconcile_seconds']['median']} s,"
-            f" GET p99 {results[-1]['get_p99_ms']['median']} ms",
+            f" GET p99 {results[-1]['lookup_p99_ms']['median']} ms alone,"
+            f" {results[-1]['get_p99_ms']['median']} ms under load",
             flush=True,
         )
     return results
+
+
+def _lookups(url: str, connections: int, *, rounds: int, seconds: float) -> list[Load]:
+    return [
+        run_load(url, post=False, connections=connections, seconds=seconds) for _ in range(rounds)
+    ]
 
 
 def run(

@@ -11,6 +11,7 @@ from celery import Celery
 from kombu.exceptions import OperationalError
 from sqlalchemy import create_engine, event, func, inspect, select
 
+from {{ cookiecutter.package_name }} import sent_events as sent_events_module
 from {{ cookiecutter.package_name }}.ledger.beat import acquire_lease, install_defaults
 from {{ cookiecutter.package_name }}.ledger.db import open_engines, session_scope
 from {{ cookiecutter.package_name }}.ledger.deadletters import NotReplayable, list_dead, replay
@@ -26,6 +27,7 @@ from {{ cookiecutter.package_name }}.ledger.publish import REDISPATCH_HEADER, en
 from {{ cookiecutter.package_name }}.ledger.reconcile import prune, reconcile
 from {{ cookiecutter.package_name }}.ledger.tracking import mark
 from {{ cookiecutter.package_name }}.schedule import PeriodicSpec
+from {{ cookiecutter.package_name }}.sent_events import sent_events
 from {{ cookiecutter.package_name }}.settings import get_settings
 from {{ cookiecutter.package_name }}.tasks import demo
 
@@ -116,6 +118,32 @@ def test_a_publish_happens_with_no_ledger_connection_checked_out(
     assert in_use == [0, 0]
     assert state_of(in_transaction.id) == state_of(alone.id) == TaskState.PUBLISHED
     assert alone.state == TaskState.PUBLISHED
+
+
+@pytest.mark.reliability("R26")
+def test_task_sent_events_leave_in_one_batch(
+    celery_app: Celery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Five submissions: five task messages at once, their events in one later publish."""
+    dispatcher = sent_events(celery_app)
+    dispatcher.flush_batch()  # what earlier tests left
+    published: list[tuple[str, list[dict[str, Any]]]] = []
+    monkeypatch.setattr(
+        dispatcher,
+        "_publish",
+        lambda events, producer, routing_key, **options: published.append(
+            (routing_key, list(events))
+        ),
+    )
+    monkeypatch.setattr(sent_events_module, "FLUSH_INTERVAL", 3600)  # flushed by hand below
+    ids = [submit(celery_app, "demo.echo", {"message": str(n)}).id for n in range(5)]
+    assert {state_of(task_id) for task_id in ids} == {TaskState.PUBLISHED}
+    assert published == []
+    dispatcher.flush_batch()
+    assert [(key, [event["uuid"] for event in events]) for key, events in published] == [
+        ("task.multi", ids)
+    ]
+    assert {event["type"] for event in published[0][1]} == {"task-sent"}
 
 
 @pytest.mark.reliability("R21", "R34")

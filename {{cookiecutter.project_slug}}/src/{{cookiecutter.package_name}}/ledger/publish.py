@@ -27,6 +27,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from {{ cookiecutter.package_name }}.ledger import statements
 from {{ cookiecutter.package_name }}.ledger.db import retry_on_disconnect, single_statement
 from {{ cookiecutter.package_name }}.ledger.models import TaskRecord, TaskState, utcnow
+from {{ cookiecutter.package_name }}.sent_events import sent_events
 
 logger = logging.getLogger(__name__)
 
@@ -168,7 +169,13 @@ def _send(app: Celery, record: TaskRecord) -> bool:
         # Nothing here waits on the result: skip the result-channel subscription, which
         # would run outside the publish retry policy.
         with denied_join_result():
-            app.send_task(record.name, kwargs=record.kwargs, task_id=record.id, **options)
+            app.send_task(
+                record.name,
+                kwargs=record.kwargs,
+                task_id=record.id,
+                event_dispatcher=sent_events(app),
+                **options,
+            )
     except BROKER_ERRORS as exc:
         logger.warning(
             "broker unavailable; the reconcile job will publish the task",
