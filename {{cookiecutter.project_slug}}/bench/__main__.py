@@ -30,6 +30,7 @@ from bench import (
     recovery,
     report,
     scaling,
+    settings_cost,
     worker_throughput,
 )
 from bench.services import Services
@@ -44,6 +45,7 @@ API_WORKERS = 2
 # Each scenario's module; its docstring says what it measures and goes into the figures.
 MODULES = {
     "worker": worker_throughput,
+    "settings": settings_cost,
     "producer": producer_cost,
     "api": api_requests,
     "scaling": scaling,
@@ -103,6 +105,7 @@ def scenario_runners(options: argparse.Namespace) -> dict[str, Callable[[Service
             sleep_tasks=options.sleep_tasks,
             gevent_concurrency=options.gevent_concurrency,
         ),
+        "settings": lambda s: settings_cost.run(s, rounds=rounds, tasks=options.tasks),
         "producer": lambda s: producer_cost.run(s, rounds=rounds, tasks=options.tasks),
         "api": lambda s: api_requests.run(
             s,

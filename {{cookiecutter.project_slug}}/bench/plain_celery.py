@@ -2,11 +2,15 @@
 
 Only the broker and the result backend are set, to the same Redis the project uses (the
 same Sentinel URLs, master name and passwords). Everything else (acks, prefetch, events,
-serialisation, retries, logging) is whatever Celery does out of the box.
+serialisation, retries, logging) is whatever Celery does out of the box, unless
+BENCH_PLAIN_SETTINGS (a JSON object of Celery settings) adds some: how the settings
+scenario prices the project's reliability settings one at a time (bench/settings_cost.py).
 """
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from typing import Any
 
@@ -28,6 +32,7 @@ def _transport_options() -> dict[str, Any]:
 app = Celery("plain", broker=_settings.broker_url, backend=_settings.result_backend_url)
 app.conf.broker_transport_options = _transport_options()
 app.conf.result_backend_transport_options = _transport_options()
+app.conf.update(json.loads(os.environ.get("BENCH_PLAIN_SETTINGS", "{}")))
 
 
 @app.task(name="plain.noop")

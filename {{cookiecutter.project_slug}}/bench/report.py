@@ -88,6 +88,19 @@ def producer_table(producer: dict[str, Any]) -> list[str]:
     ]
 
 
+def settings_table(settings: dict[str, Any]) -> list[str]:
+    rows = [
+        [r["step"], _f(r["throughput"]), f"{r['ratio_to_celery_defaults']}x"]
+        for r in settings["results"]
+    ]
+    return [
+        f"Settings, one step at a time: no-op tasks ({settings['tasks']}),"
+        f" {settings['pool']} -c{settings['concurrency']}, tasks/s",
+        "",
+        *_table(["step (keeps the ones above)", "tasks/s", "ratio"], rows),
+    ]
+
+
 def api_table(api: dict[str, Any]) -> list[str]:
     rows = [
         [
@@ -183,6 +196,7 @@ def markdown(document: dict[str, Any]) -> str:
     ]
     sections = {
         "worker": worker_table,
+        "settings": settings_table,
         "producer": producer_table,
         "api": api_table,
         "scaling": scaling_tables,

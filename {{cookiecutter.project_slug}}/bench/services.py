@@ -161,8 +161,10 @@ class Services:
             },
         )
 
-    def plain_worker(self, pool: str, concurrency: int) -> SupervisedProcess:
-        """`celery worker` for bench/plain_celery.py: Celery's defaults, the same pool."""
+    def plain_worker(
+        self, pool: str, concurrency: int, settings: dict[str, Any]
+    ) -> SupervisedProcess:
+        """`celery worker` for bench/plain_celery.py: Celery's defaults plus `settings`."""
         return self.process(
             f"plain-worker-{pool}-{concurrency}",
             [
@@ -173,6 +175,7 @@ class Services:
                 f"--concurrency={concurrency}",
                 "--hostname=plain@%h",
             ],
+            env={"BENCH_PLAIN_SETTINGS": json.dumps(settings)},
         )
 
     def cpu_seconds(self, process: SupervisedProcess) -> float:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-SCENARIOS = ("worker", "producer", "api", "scaling", "recovery")
+SCENARIOS = ("worker", "settings", "producer", "api", "scaling", "recovery")
 
 
 def medians(node: Any, path: str = "") -> Iterator[tuple[str, Any]]:
@@ -42,7 +42,7 @@ def problems(document: dict[str, Any]) -> list[str]:
         for where, value in figures:
             if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
                 found.append(f"{where}: {value!r} is not a positive number")
-    for name in ("worker", "producer", "api"):
+    for name in ("worker", "settings", "producer", "api"):
         if not scenarios.get(name, {}).get("results"):
             found.append(f"scenario {name}: no results")
     scaling = scenarios.get("scaling", {})

@@ -106,17 +106,26 @@ def wait_last_done(
 
 
 def drain_celery(
-    services: Services, variant: str, kind: str, pool: str, concurrency: int, count: int
+    services: Services,
+    variant: str,
+    kind: str,
+    pool: str,
+    concurrency: int,
+    count: int,
+    settings: dict[str, Any] | None = None,
 ) -> Drain:
+    """One drain by a Celery worker; `settings` are added to the plain app's (settings_cost)."""
     plain = variant == BASELINE
     queue = PLAIN_QUEUE if plain else PROJECT_QUEUE
     services.purge(queue)
     published = services.producer(variant).publish(kind, count)
     ids: list[str] = published["ids"]
-    start = services.plain_worker if plain else services.project_worker
     timeout = 120 + count * (SLEEP_SECONDS + 0.1)
     with services.redis_client(services.broker_db) as client:
-        worker = start(pool, concurrency)
+        if plain:
+            worker = services.plain_worker(pool, concurrency, settings or {})
+        else:
+            worker = services.project_worker(pool, concurrency)
         try:
             first = wait_first_start(lambda: services.backlog(client, queue), len(ids), timeout=120)
             last = wait_last_done(services, ids, worker, timeout)

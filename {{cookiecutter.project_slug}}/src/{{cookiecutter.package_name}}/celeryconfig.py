@@ -47,6 +47,12 @@ def _redis_connection_options() -> dict[str, Any]:
 # --- Broker and result backend: Redis through Sentinel (R31) ----------------------------
 broker_url = _settings.broker_url
 result_backend = _settings.result_backend_url
+# R22: each result written in one round trip that never overwrites a SUCCESS (results.py).
+override_backends = {
+    "redis": "{{ cookiecutter.package_name }}.results:OneTripRedisBackend",
+    "rediss": "{{ cookiecutter.package_name }}.results:OneTripRedisBackend",
+    "sentinel": "{{ cookiecutter.package_name }}.results:OneTripSentinelBackend",
+}
 
 broker_transport_options = {
     **_redis_connection_options(),

@@ -3,12 +3,15 @@ workers, the platform endpoints answer, and a teardown leaves no process behind.
 
 from __future__ import annotations
 
+import json
+import uuid
 from pathlib import Path
 
 import pytest
 
 from tests.harness.api import ApiClient, metric_value
 from tests.harness.databases import database_for
+from tests.harness.probes import run_python
 from tests.harness.processes import ProcessIdentity
 from tests.harness.redis import RedisSentinelCluster
 from tests.harness.stack import Stack, StackOptions
@@ -65,6 +68,39 @@ def test_a_report_fans_out_as_a_chord_on_the_low_workers(stack: Stack, api: ApiC
 
     assert body["result"] == {"total": sum(n * n for n in range(size)), "chunks": 4}
     stack.worker("low").wait_for_log("demo.reports.sum_chunk", timeout=5, since=0)
+
+
+@pytest.mark.reliability("R22")
+def test_a_result_write_is_one_script_call_that_never_overwrites_a_success(
+    stack: Stack,
+) -> None:
+    """The STARTED and final writes without Celery's GET before each; SUCCESS stays."""
+    answer = run_python(
+        stack,
+        "import json\n"
+        f"from {stack.package}.celery_app import app\n"
+        "backend, sent = app.backend, []\n"
+        "execute = backend.client.execute_command\n"
+        "def counted(*args, **options):\n"
+        "    sent.append(str(args[0]).upper())\n"
+        "    return execute(*args, **options)\n"
+        "backend.client.execute_command = counted\n"
+        f"task_id = {str(uuid.uuid4())!r}\n"
+        "backend.store_result(task_id, {'pid': 1}, 'STARTED')\n"
+        "backend.store_result(task_id, 'first', 'SUCCESS')\n"
+        "backend.store_result(task_id, {'pid': 2}, 'STARTED')\n"
+        "backend.store_result(task_id, ValueError('late copy'), 'FAILURE')\n"
+        "writes = list(sent)\n"
+        "meta = backend.get_task_meta(task_id)\n"
+        "print(json.dumps([type(backend).__name__, writes, meta['status'], meta['result']]))\n",
+    )
+    backend, writes, status, result = json.loads(answer.strip().splitlines()[-1])
+    assert backend.startswith("OneTrip"), backend
+    # Four writes, four round trips. On a server that has not seen the script yet, the
+    # first EVALSHA is refused (NOSCRIPT) and repeated after a SCRIPT LOAD.
+    assert set(writes) <= {"EVALSHA", "SCRIPT LOAD"}, writes
+    assert writes.count("EVALSHA") - writes.count("SCRIPT LOAD") == 4, writes
+    assert (status, result) == ("SUCCESS", "first")
 
 
 def test_metrics_count_each_submission(api: ApiClient) -> None:
