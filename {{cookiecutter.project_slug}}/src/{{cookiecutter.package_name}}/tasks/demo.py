@@ -36,14 +36,19 @@ def echo(self: ReliableTask, message: Text) -> str:
 
 @app.task(name="demo.sleep", base=ReliableTask, bind=True)
 def sleep(self: ReliableTask, seconds: Seconds) -> float:
-    """Sleep in small steps, reporting progress (R23) and honouring abort requests (R24)."""
+    """Sleep in small steps, reporting progress (R23) and honouring abort requests (R24).
+
+    Progress is reported between steps: before the first, STARTED says as much, and after
+    the last the result does.
+    """
     step = 0.1
     started = time.monotonic()
     steps = max(1, round(seconds / step))
-    for done in range(steps):
+    for done in range(1, steps + 1):
         self.stop_if_aborted()
-        self.report_progress(done, steps)
         time.sleep(seconds / steps)
+        if done < steps:
+            self.report_progress(done, steps)
     return round(time.monotonic() - started, 3)
 
 
