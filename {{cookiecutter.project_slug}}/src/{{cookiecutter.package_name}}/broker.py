@@ -16,8 +16,23 @@ tests/integration/test_broker_failover.py reproduces it on real Sentinel.
 Here `_connparams` on a detached transport raises a connection error instead, which every
 caller already handles: the consumer reconnects. The messages that could not be restored
 stay in the unacked index, where the visibility sweep finds them (R04) and the ledger's
-reconcile re-dispatches their rows (R34). `register()` maps the URL schemes to these
-classes; it must run before any connection.
+reconcile re-dispatches their rows (R34).
+
+A second failover fault silenced workers without any error: the event loop blocked for
+good inside the read of its pub/sub connection (broadcasts: ping, revoke, shutdown).
+With `retry_on_timeout` (celeryconfig) redis-py gives every connection one retry, and
+`PubSub.parse_response()` uses it to reconnect inside the read that found the master
+gone. redis-py resubscribes only through a callback it registers when the pub/sub object
+fetches its own connection; kombu assigns that connection itself, so the new connection
+is subscribed to nothing, and redis-py 8 reads it with no timeout (a blocking pub/sub read
+ignores `socket_timeout`). Nothing ever arrives, not even the watchdog's ping, and the
+watchdog exits the worker (redis-py issue #714 describes that reconnect inside a pub/sub
+read, which then waits forever when no timeout applies). Here the pub/sub connection does
+not retry: the error reaches kombu and the consumer reconnects and resubscribes, as it
+does with kombu's default transport options. tests/integration/test_broker_failover.py
+reproduces both faults.
+
+`register()` maps the URL schemes to these classes; it must run before any connection.
 """
 
 from __future__ import annotations
@@ -26,7 +41,9 @@ from typing import Any
 
 from kombu import transport
 from kombu.transport import redis
+from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.retry import Retry
 
 # The URL schemes and the classes that serve them.
 _TRANSPORTS = {
@@ -40,19 +57,61 @@ class _DetachedAware:
     """Mixed into kombu's Redis channels: no client from a transport that was detached."""
 
     connection: Any  # the channel's transport
+    connection_errors: tuple[type[BaseException], ...]
 
     def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
-        if self.connection.client is None:
+        # Detached (client None), or closed already (no transport left): the same error.
+        if self.connection is None or self.connection.client is None:
             raise RedisConnectionError("the broker connection was closed")
         params: dict[str, Any] = super()._connparams(asynchronous)
         return params
 
+    # Cleanup of a channel whose transport was detached, by celery's consumer steps after
+    # a failover: Gossip cancels its consumer and closes its channel through
+    # `ignore_errors(consumer.connection, ...)`, but the consumer has already dropped that
+    # connection (None), so a connection error raised there turns into "Error on
+    # restarting Gossip: AttributeError('NoneType' object has no attribute
+    # 'connection_errors')" and the channel is left half closed, its sockets open. The
+    # subscription and the auto-delete fanout binding belong to a broker connection that
+    # is gone: one that cannot be undone now is skipped, and closing goes on. A stale
+    # binding of a fanout exchange routes nothing (fanout messages are published to the
+    # pub/sub topic, not to bound queues).
 
-class Channel(_DetachedAware, redis.Channel):
+    def _unsubscribe_from(self, queue: str) -> None:
+        try:
+            super()._unsubscribe_from(queue)
+        except self.connection_errors:
+            if self.connection.client is not None:
+                raise
+
+    def queue_delete(self, queue: str, *args: Any, **kwargs: Any) -> None:
+        try:
+            super().queue_delete(queue, *args, **kwargs)
+        except self.connection_errors:
+            if self.connection.client is not None:
+                raise
+
+
+class _PubSubWithoutRetry:
+    """Mixed into kombu's Redis channels: the pub/sub connection's errors reach kombu."""
+
+    subclient: Any  # redis-py PubSub: fanout queues (broadcasts, events)
+
+    def _subscribe(self) -> None:
+        # kombu subscribes every connection its pub/sub object gets (the first, and each
+        # after a reconnect of the consumer), so this covers all of them. No retry and no
+        # error that counts for one: redis-py neither retries nor reconnects, it raises.
+        connection = self.subclient.connection
+        if connection is not None:
+            connection.retry = Retry(NoBackoff(), 0, supported_errors=())
+        super()._subscribe()
+
+
+class Channel(_DetachedAware, _PubSubWithoutRetry, redis.Channel):
     pass
 
 
-class SentinelChannel(_DetachedAware, redis.SentinelChannel):
+class SentinelChannel(_DetachedAware, _PubSubWithoutRetry, redis.SentinelChannel):
     pass
 
 
