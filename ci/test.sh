@@ -52,11 +52,12 @@ fi
 # Pass 1: bakes, lint and unit tiers, two at a time. Pass 2: the baked projects' real-process
 # tiers (Redis, Sentinel, databases, workers) and the container tier (docker compose on a
 # Docker engine that tests/compose.py starts), one at a time so timing bounds stay honest.
+# Tests marked `slow` (long repetitions, e.g. 20 failovers in a row) run in neither pass.
 rm -rf .ci-logs
 first=0
 python -m pytest tests --durations=15 -m "not stack" -n "${PYTEST_WORKERS:-2}" --dist loadgroup "$@" || first=$?
 second=0
-python -m pytest tests --durations=15 -m stack -p no:xdist "$@" || second=$?
+python -m pytest tests --durations=15 -m "stack and not slow" -p no:xdist "$@" || second=$?
 # The container tier's figures, and its compose logs when something failed.
 if [ -f .ci-logs/container-tier.json ]; then
   echo "ci/test.sh: container tier figures:"

@@ -9,6 +9,7 @@
 #   REDIS_MASTER_HOST    the first master's DNS name (default redis-master)
 #   REDIS_MASTER_NAME, REDIS_PASSWORD, REDIS_SENTINEL_PASSWORD
 #   SENTINEL_QUORUM (2), SENTINEL_DOWN_AFTER_MS (5000), SENTINEL_FAILOVER_TIMEOUT_MS (30000)
+#   SENTINEL_LIVE_DIR    where Sentinel's working config lives (default /run/sentinel)
 set -eu
 
 role="${1:?usage: redis-node.sh master|replica|sentinel}"
@@ -65,6 +66,26 @@ fi
 
 # The image's own entrypoint drops to the redis user and fixes ownership of /data.
 if [ "$role" = sentinel ]; then
-  exec docker-entrypoint.sh redis-server "$conf" --sentinel
+  # Sentinel fsyncs its config file on its event loop before it answers a vote: on a busy
+  # disk that took 0.5-1 s in all three sentinels at once, so each voted for itself (no
+  # leader, then a 2 x failover-timeout wait) and a longer stall is a TILT (30 s idle).
+  # So Sentinel rewrites a copy in memory (SENTINEL_LIVE_DIR, a tmpfs in compose), and a
+  # background loop saves that copy into the data volume within a second of each change,
+  # its fsync off Sentinel's event loop; a restarted sentinel starts from the saved copy.
+  live_dir="${SENTINEL_LIVE_DIR:-/run/sentinel}"
+  live="$live_dir/sentinel.conf"
+  umask 077
+  mkdir -p "$live_dir"
+  chmod 700 "$live_dir"
+  cp "$conf" "$live"
+  chown -R redis:redis "$live_dir"
+  (
+    set +e
+    while sleep 1; do
+      cmp -s "$live" "$conf" && continue
+      cp "$live" "$conf.saving" && sync "$conf.saving" && mv "$conf.saving" "$conf"
+    done
+  ) &
+  exec docker-entrypoint.sh redis-server "$live" --sentinel
 fi
 exec docker-entrypoint.sh redis-server "$conf"
