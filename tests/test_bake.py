@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -249,3 +250,20 @@ def test_make_test_chaos_passes(bake, combo) -> None:
     require("make")
     require("uv")
     assert_passed(run(["make", "test-chaos"], cwd=baked.path, timeout=COMMAND_TIMEOUT * 2))
+
+
+# Three minutes of mixed faults (`make soak` runs ten by default): 0 lost, 0 duplicated.
+CI_SOAK_SECONDS = 180
+
+
+@pytest.mark.stack
+@DEFAULT_ONLY
+def test_make_soak_loses_and_duplicates_nothing(bake, combo) -> None:
+    baked = bake(combo)
+    require("make")
+    require("uv")
+    assert_passed(run(["make", "soak", f"SOAK_SECONDS={CI_SOAK_SECONDS}"], cwd=baked.path))
+    report = json.loads((baked.path / "tests/chaos/results/soak.json").read_text())
+    assert report["lost"] == 0, report
+    assert report["effects_duplicated"] == 0, report
+    assert report["accepted"] > 0, report

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from celery import Celery
 
-from {{ cookiecutter.package_name }} import broker
+from {{ cookiecutter.package_name }} import broker, worker_liveness
 from {{ cookiecutter.package_name }}.observability import signals
 
 # R08: task modules are listed explicitly, so every task is registered at worker start.
@@ -19,3 +19,4 @@ broker.register()
 app = Celery("{{ cookiecutter.package_name }}", include=list(TASK_MODULES))
 app.config_from_object("{{ cookiecutter.package_name }}.celeryconfig")
 signals.connect()
+worker_liveness.connect()

@@ -70,7 +70,10 @@ class SentEvents(EventDispatcher):
     def flush_batch(self) -> None:
         """Publish every buffered event as one message (also at exit)."""
         with self._lock:
-            events, self._batch, self._timer = self._batch, [], None
+            events, timer = self._batch, self._timer
+            self._batch, self._timer = [], None
+        if timer is not None:
+            timer.cancel()  # a flush by hand: the pending one would cut the next batch short
         if not events or self._owner != os.getpid():
             return
         try:

@@ -107,6 +107,11 @@ class Settings(BaseSettings):
     # A worker silent to its own ping this long exits for a restart (observability/watchdog.py).
     worker_watchdog_interval: float = Field(default=15.0, gt=0)
     worker_watchdog_timeout: float = Field(default=120.0, gt=0)
+    # Worker liveness (ledger/heartbeats.py): each worker process writes a heartbeat this
+    # often; one silent for WORKER_DEAD_AFTER counts as dead and its running tasks are
+    # sent again at once, whatever the visibility timeout.
+    worker_heartbeat_interval: float = Field(default=5.0, gt=0)
+    worker_dead_after: float = Field(default=15.0, gt=0)
     # Touched by a worker answering its own ping and by each beat tick; container
     # healthchecks read its age (healthcheck.py). Empty: no file is written.
     heartbeat_file: str = ""
@@ -178,6 +183,11 @@ class Settings(BaseSettings):
             )
         if self.worker_watchdog_timeout < 2 * self.worker_watchdog_interval:
             raise ValueError("WORKER_WATCHDOG_TIMEOUT must be at least two intervals")
+        if self.worker_dead_after < 2 * self.worker_heartbeat_interval:
+            raise ValueError(
+                "WORKER_DEAD_AFTER must be at least twice WORKER_HEARTBEAT_INTERVAL, or one"
+                " late heartbeat declares a live worker dead"
+            )
         if self.beat_lease_seconds <= 2 * self.beat_reload_interval:
             raise ValueError("BEAT_LEASE_SECONDS must exceed twice BEAT_RELOAD_INTERVAL")
         if self.redis_mode == "sentinel" and len(self.redis_sentinels) < 1:

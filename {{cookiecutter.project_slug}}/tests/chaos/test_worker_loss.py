@@ -1,8 +1,9 @@
 """Workers die mid-task: a prefork child, the whole worker, a warm and a cold shutdown, and a
-busy worker next to an idle one (R01-R04, R20, R21).
+busy worker next to an idle one (R01-R04, R20, R21, R46).
 
 One `default` worker with one pool slot, no beat (so the ledger's reconcile job cannot
-re-dispatch anything: every re-run seen here is Celery's and kombu's own redelivery).
+re-dispatch anything: every re-run seen here is Celery's and kombu's own redelivery, or
+the worker liveness of a restarted worker).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from tests.harness.databases import Database
 from tests.harness.probes import (
     effects,
     ledger,
+    log_events,
     parse_time,
     queue_length,
     redis_client,
@@ -166,8 +168,8 @@ def test_a_busy_worker_does_not_hoard_the_next_message(
         second.stop()
 
 
-@pytest.mark.reliability("R01", "R04", "R21")
-def test_a_killed_worker_task_is_redelivered_after_the_visibility_timeout(
+@pytest.mark.reliability("R01", "R04", "R21", "R46")
+def test_a_killed_worker_task_runs_again_at_its_restart_and_the_late_copy_is_dropped(
     stack: Stack, api: ApiClient, database: Database, chaos_results: ChaosResults
 ) -> None:
     """The whole worker is SIGKILLed mid-task; nothing can requeue the message then.
@@ -175,13 +177,16 @@ def test_a_killed_worker_task_is_redelivered_after_the_visibility_timeout(
     R01 (task_acks_late): while the task runs its message is in kombu's `unacked` hash,
     and it leaves that hash only after the task finished. With early acks the message
     would be acked when the task started: absent from `unacked` during the run, and lost
-    with the worker (the re-run below would never happen). No setting switches acks_late
-    off per call, so the hash is the direct evidence.
+    with the worker. No setting switches acks_late off per call, so the hash is the
+    direct evidence.
 
-    R04: kombu restores the message once it is older than VISIBILITY_TIMEOUT (20 s here,
-    not the 1 h default: the test would time out) at the next sweep
-    (UNACKED_RESTORE_INTERVAL, throttle 1). The second start comes no earlier than the
-    visibility timeout and no later than a few sweeps after it.
+    R46: the supervisor restarts the worker under the same node name. The new process
+    proves the old one dead, so at its start it sends the task again (cause
+    `worker_restarted`), long before any timeout.
+
+    R04: kombu still restores the original message once it is older than
+    VISIBILITY_TIMEOUT (20 s here) at the next sweep (UNACKED_RESTORE_INTERVAL). That
+    late copy of a finished task is dropped before it runs (R21): one effect.
     """
     worker = stack.worker("default")
     client = redis_client(stack)
@@ -202,21 +207,35 @@ def test_a_killed_worker_task_is_redelivered_after_the_visibility_timeout(
     restart_and_wait(stack, "worker-default", restarts)
     restarted_after = time.monotonic() - killed
 
-    row = wait_ledger(
-        database, task_id, {"SUCCEEDED"}, timeout=VISIBILITY_TIMEOUT + 6 * SWEEP_INTERVAL + 30
-    )
+    row = wait_ledger(database, task_id, {"SUCCEEDED"}, timeout=30)
     second_start = parse_time(row["started_at"])
     assert second_start is not None
-    redelivered_after = (second_start - first_start).total_seconds()
+    rerun_after = (second_start - first_start).total_seconds()
     assert row["attempts"] == "2", row
     assert effects(database, task_id) == 1
-    assert redelivered_after >= VISIBILITY_TIMEOUT - 1, redelivered_after
-    assert redelivered_after <= VISIBILITY_TIMEOUT + 3 * SWEEP_INTERVAL + 5, redelivered_after
-    wait_until(lambda: not in_unacked(stack, task_id), 10, "acked after the task finished")
+    causes = [
+        record["cause"]
+        for record in log_events(worker)
+        if record.get("event") == "reconcile_redispatch" and record.get("task_id") == task_id
+    ]
+    assert causes == ["worker_restarted"]
+    assert rerun_after < VISIBILITY_TIMEOUT - 1, rerun_after
+
+    # The original message comes back after the visibility timeout, and is dropped.
+    worker.wait_for_log(
+        rf'"event": "task_deduplicated", "task_id": "{task_id}"',
+        timeout=VISIBILITY_TIMEOUT + 3 * SWEEP_INTERVAL + 10,
+    )
+    restored_after = (utcnow() - first_start).total_seconds()
+    assert restored_after >= VISIBILITY_TIMEOUT - 1, restored_after
+    wait_until(lambda: not in_unacked(stack, task_id), 10, "acked after the copy was dropped")
+    assert effects(database, task_id) == 1
+    assert ledger(database, task_id)["attempts"] == "2"
     chaos_results.record(
-        "R04 worker killed",
+        "R04/R46 worker killed and restarted",
         visibility_timeout=VISIBILITY_TIMEOUT,
         sweep_interval=SWEEP_INTERVAL,
         worker_back_after_seconds=round(restarted_after, 2),
-        redelivered_after_first_start_seconds=round(redelivered_after, 2),
+        rerun_after_first_start_seconds=round(rerun_after, 2),
+        late_copy_restored_after_first_start_seconds=round(restored_after, 2),
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from typing import Any, TypeVar, cast
 
@@ -68,17 +68,20 @@ def ledger(database: Database, task_id: str) -> dict[str, str]:
     return dict(zip(LEDGER_COLUMNS, rows[0], strict=True))
 
 
-def ledger_rows(database: Database, task_ids: list[str]) -> dict[str, dict[str, str]]:
-    """Ledger rows of many tasks at once, by id."""
+def ledger_rows(
+    database: Database, task_ids: list[str], columns: Sequence[str] = LEDGER_COLUMNS
+) -> dict[str, dict[str, str]]:
+    """Ledger rows of many tasks at once, by id (`columns` without free text, such as
+    last_error, survive any content: the client's output is split on tabs and lines)."""
     found: dict[str, dict[str, str]] = {}
     for start in range(0, len(task_ids), 200):
         chunk = task_ids[start : start + 200]
         listed = ", ".join(f"'{task_id}'" for task_id in chunk)
         rows = database.query(
-            f"SELECT id, {', '.join(LEDGER_COLUMNS)} FROM task_ledger WHERE id IN ({listed})"
+            f"SELECT id, {', '.join(columns)} FROM task_ledger WHERE id IN ({listed})"
         )
         for row in rows:
-            found[row[0]] = dict(zip(LEDGER_COLUMNS, row[1:], strict=True))
+            found[row[0]] = dict(zip(columns, row[1:], strict=True))
     return found
 
 

@@ -232,11 +232,14 @@ class Stack:
         """One more process through its entrypoint (a second beat, another worker...).
 
         It is stopped with the stack (stopping it earlier is fine). A worker is returned
-        once it consumes; note that two workers of one group share a node name.
+        once it consumes, under a node name of its own (`--name`, as a second process of
+        one group on one host needs).
         """
         base = "-".join([kind, *args])
         count = sum(1 for name in self.processes if name.startswith(f"{base}-extra-"))
         name = f"{base}-extra-{count + 1}"
+        if kind == "worker":
+            args = (*args, f"--name={name}")
         extra_env = dict(env or {})
         if kind == "beat":
             # Its own schedule file, as a beat in another container would have.

@@ -20,7 +20,10 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from {{ cookiecutter.package_name }}.ledger.db import session_scope
-from {{ cookiecutter.package_name }}.ledger.models import TaskRecord
+from {{ cookiecutter.package_name }}.ledger.heartbeats import live_workers
+from {{ cookiecutter.package_name }}.ledger.models import RecoveryCount, TaskRecord
+from {{ cookiecutter.package_name }}.queues import QUEUE_NAMES
+from {{ cookiecutter.package_name }}.settings import get_settings
 
 HTTP_REQUESTS = Counter(
     "http_requests_total",
@@ -51,6 +54,8 @@ class LedgerCollector(Collector):
                         TaskRecord.dispatches > 1
                     )
                 )
+                recoveries = session.execute(select(RecoveryCount.cause, RecoveryCount.count)).all()
+            workers = live_workers(get_settings().worker_dead_after, QUEUE_NAMES)
         except SQLAlchemyError:
             return
         tasks = GaugeMetricFamily("ledger_tasks", "Ledger rows by state", labels=["state"])
@@ -62,6 +67,23 @@ class LedgerCollector(Collector):
             "Publishes beyond the first one: re-dispatches by the reconcile job",
             value=int(redispatches or 0),
         )
+        by_cause = CounterMetricFamily(
+            "ledger_recoveries",
+            "Rows sent again by the reconcile job or the worker liveness sweep, by cause",
+            labels=["cause"],
+        )
+        for cause, count in recoveries:
+            by_cause.add_metric([cause], count)
+        yield by_cause
+        # Every queue, 0 included: the alert on a queue nobody consumes needs the zero.
+        live = GaugeMetricFamily(
+            "ledger_live_workers",
+            "Worker processes with a fresh heartbeat (WORKER_DEAD_AFTER), by queue consumed",
+            labels=["queue"],
+        )
+        for queue, count in workers.items():
+            live.add_metric([queue], count)
+        yield live
 
 
 _LEDGER_COLLECTOR = LedgerCollector()

@@ -56,6 +56,8 @@ class TaskRecord(Base):
     dispatches: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text, default=None)
     worker: Mapped[str | None] = mapped_column(String(255), default=None)
+    # The worker process that claimed the row last (WorkerHeartbeat.incarnation).
+    incarnation: Mapped[str | None] = mapped_column(String(32), default=None)
     request_id: Mapped[str | None] = mapped_column(String(64), default=None)
     replay_of: Mapped[str | None] = mapped_column(String(36), default=None, index=True)
     created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
@@ -63,6 +65,43 @@ class TaskRecord(Base):
     published_at: Mapped[datetime | None] = mapped_column(Timestamp, default=None)
     started_at: Mapped[datetime | None] = mapped_column(Timestamp, default=None)
     finished_at: Mapped[datetime | None] = mapped_column(Timestamp, default=None, index=True)
+
+
+class WorkerHeartbeat(Base):
+    """One row per running worker process, renewed every WORKER_HEARTBEAT_INTERVAL.
+
+    Keyed by the incarnation, a new id at every start: a restarted container keeps its
+    hostname, so the hostname alone cannot tell the dead process from its successor.
+    `last_seen` is the database's clock (ledger/clock.py), never the worker's.
+    """
+
+    __tablename__ = "worker_heartbeats"
+
+    incarnation: Mapped[str] = mapped_column(String(32), primary_key=True)
+    hostname: Mapped[str] = mapped_column(String(255), index=True)
+    queues: Mapped[str] = mapped_column(String(255))  # comma-separated
+    started_at: Mapped[datetime] = mapped_column(Timestamp)
+    last_seen: Mapped[datetime] = mapped_column(Timestamp, index=True)
+
+
+class Recovery(StrEnum):
+    """Why a row was sent again (counted in RecoveryCount, logged with each row)."""
+
+    STALE_QUEUED = "stale_queued"  # never reached the broker
+    STALE_PUBLISHED = "stale_published"  # sent, never started (lost in a failover)
+    STALE_STARTED = "stale_started"  # started longer ago than any run may take
+    STALE_RETRY = "stale_retry"  # its scheduled retry never came
+    WORKER_LOST = "worker_lost"  # its worker's heartbeat stopped (WORKER_DEAD_AFTER)
+    WORKER_RESTARTED = "worker_restarted"  # a new process took its worker's hostname
+
+
+class RecoveryCount(Base):
+    """Rows sent again, by cause, since the ledger was created (a Prometheus counter)."""
+
+    __tablename__ = "recovery_counts"
+
+    cause: Mapped[str] = mapped_column(String(32), primary_key=True)
+    count: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class DemoEffect(Base):

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from {{ cookiecutter.package_name }}.ledger import statements
 from {{ cookiecutter.package_name }}.ledger.db import changed_rows, retry_on_disconnect, single_statement
+from {{ cookiecutter.package_name }}.ledger.heartbeats import INCARNATION
 from {{ cookiecutter.package_name }}.ledger.models import FINAL_STATES, TaskRecord, TaskState, utcnow
 
 logger = logging.getLogger(__name__)
@@ -27,6 +28,7 @@ ERROR_LENGTH = 4000
 class Claim(Enum):
     UNTRACKED = "untracked"  # no ledger row: run without tracking
     FINAL = "final"  # already finished: never run again
+    HELD = "held"  # a live worker runs it now: this is a copy, never run beside it
     RUN = "run"
 
 
@@ -47,9 +49,18 @@ def is_final(task_id: str) -> bool:
 
 
 @retry_on_disconnect
-def claim(task_id: str, worker: str | None) -> tuple[Claim, int]:
-    """Mark the row STARTED and count the attempt, unless it already finished."""
-    params = {"task_id": task_id, "now": utcnow(), "worker": worker}
+def claim(task_id: str, worker: str | None, retry_of: int | None = None) -> tuple[Claim, int]:
+    """Mark the row STARTED for this process and count the attempt.
+
+    Not when it already finished, nor while a live run holds it (statements.LIVE_CLAIM),
+    unless this is the retry that run sent (`retry_of`, its attempt: it has ended).
+    """
+    params = {
+        "task_id": task_id,
+        "worker": worker,
+        "incarnation": INCARNATION,
+        "retry_of": retry_of,
+    }
     with single_statement() as connection:
         if connection.dialect.update_returning:
             attempts = connection.scalar(
@@ -61,9 +72,38 @@ def claim(task_id: str, worker: str | None) -> tuple[Claim, int]:
             attempts = None
         if attempts is not None:
             return Claim.RUN, attempts
-        # Not claimed: finished already, or not in the ledger at all.
-        final_attempts = connection.scalar(statements.ATTEMPTS, params)
-    return (Claim.UNTRACKED, 0) if final_attempts is None else (Claim.FINAL, final_attempts)
+        # Not claimed: finished, held by a live run, or not in the ledger at all.
+        row = connection.execute(statements.STATE_AND_ATTEMPTS, params).first()
+    if row is None:
+        return Claim.UNTRACKED, 0
+    return (Claim.FINAL if row.state in FINAL_STATES else Claim.HELD), row.attempts
+
+
+def record_retry(task_id: str, error: str, delay: float) -> None:
+    """RETRY, due in `delay` seconds: written before the retry message is sent."""
+    params = {"task_id": task_id, "error": error[:ERROR_LENGTH], "delay": delay}
+    try:
+        with single_statement() as connection:
+            connection.execute(statements.MARK_RETRY, params)
+    except SQLAlchemyError as exc:
+        logger.error(
+            "ledger unreachable; retry not recorded (the reconcile job will catch up)",
+            extra={"task_id": task_id, "error": str(exc)},
+        )
+
+
+def release(task_id: str) -> None:
+    """The pool process running the task died: its requeued message may run at once."""
+    try:
+        with single_statement() as connection:
+            connection.execute(statements.RELEASE, {"task_id": task_id, "owner": INCARNATION})
+    except SQLAlchemyError as exc:
+        # The requeued copy is then refused as HELD, and the row waits for the reconcile
+        # job's rule for stale STARTED rows.
+        logger.error(
+            "ledger unreachable; claim not released",
+            extra={"task_id": task_id, "error": str(exc)},
+        )
 
 
 @retry_on_disconnect

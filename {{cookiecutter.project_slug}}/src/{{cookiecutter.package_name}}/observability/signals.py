@@ -30,9 +30,10 @@ def _setup_logging(**_: Any) -> None:
     configure_logging(get_settings(), "worker")
 
 
-def _on_prerun(task_id: str, task: Any, **_: Any) -> None:
+def _on_prerun(task_id: str, **_: Any) -> None:
+    # "task started" is logged by the task once its ledger claim lets it run
+    # (ReliableTask.before_start): a copy that is skipped never logs it.
     _started[task_id] = time.monotonic()
-    logger.info("task started", extra={"event": "task_started", "retries": task.request.retries})
 
 
 def _on_postrun(

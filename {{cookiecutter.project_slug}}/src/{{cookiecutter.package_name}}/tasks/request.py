@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
+from billiard.einfo import ExceptionInfo
+from billiard.exceptions import WorkerLostError
 from celery.worker.request import Request
 from celery.worker.state import task_ready
 
 from {{ cookiecutter.package_name }}.ledger.publish import REDISPATCH_HEADER
-from {{ cookiecutter.package_name }}.ledger.tracking import is_final
+from {{ cookiecutter.package_name }}.ledger.tracking import is_final, release
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +41,20 @@ class LedgerRequest(Request):
         self.acknowledge()
         self._already_revoked = True
         return True
+
+    def on_failure(self, exc_info: ExceptionInfo, *args: Any, **kwargs: Any) -> None:
+        """A pool process died mid-task (R02): free the claim before the message is requeued.
+
+        The worker itself lives on and keeps its heartbeat, so without this the requeued
+        copy would be refused as a copy of a live run (statements.LIVE_CLAIM).
+        """
+        # Unwrapped from billiard's ExceptionWithTraceback, as Celery does.
+        exc = getattr(exc_info.exception, "exc", exc_info.exception)
+        # billiard may report the lost process as the exit it saw (Celery treats it alike).
+        # A revoked row is final, and release() leaves final rows alone.
+        if isinstance(exc, WorkerLostError | SystemExit | KeyboardInterrupt):
+            release(self.id)
+        super().on_failure(exc_info, *args, **kwargs)
 
     @property
     def may_be_a_copy(self) -> bool:
