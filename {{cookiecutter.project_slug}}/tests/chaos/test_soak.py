@@ -189,16 +189,16 @@ def recovery(
         delays = []
         for task_id in fault.affected:
             again = min((t for t in starts[task_id] if t > fault.injected), default=None)
-            if fault.kind == "child_kill":
-                # Only the killed child's task runs again; its neighbours just go on.
-                if again is not None:
-                    delays.append((again - fault.injected).total_seconds())
-                continue
-            again = again or parse_time(rows[task_id]["finished_at"])
-            if again is None:
-                return None  # never ran again: counted as lost
-            delays.append((again - fault.injected).total_seconds())
-        return max(delays, default=None)
+            if fault.kind != "child_kill":
+                again = again or parse_time(rows[task_id]["finished_at"])
+                if again is None:
+                    return None  # never ran again: counted as lost
+            if again is not None:
+                delays.append((again - fault.injected).total_seconds())
+        # A killed child's task is the first to start again; its neighbours just go on
+        # (and may start again later for a later fault).
+        pick = min if fault.kind == "child_kill" else max
+        return pick(delays, default=None)
     if first_after is None:
         return None
     finished = parse_time(rows[first_after]["finished_at"])
