@@ -260,10 +260,13 @@ def test_a_master_failover_under_a_pending_read_closes_the_channel_instead_of_cr
     task_channel_cleanup: dict[str, Any],
 ) -> None:
     outcome = task_channel_cleanup
-    # kombu's own channel: the crash that killed workers (if this starts to pass, kombu has
-    # fixed it upstream and broker.py can go).
-    assert outcome["kombu"]["error"] == (
-        "AttributeError: 'NoneType' object has no attribute 'hostname'"
+    # kombu's own channel: the crash that killed workers, when the cleanup's first close
+    # fails on the pending read. Whether it does depends on timing (it crashed in every
+    # run on a busy machine, and closed cleanly in a quiet CI run), so either is accepted
+    # here; tests/unit/test_broker.py pins the guard itself.
+    assert outcome["kombu"]["error"] in (
+        None,
+        "AttributeError: 'NoneType' object has no attribute 'hostname'",
     ), outcome
     # The project's channel: closed by the first cleanup, nothing raised.
     assert outcome["project"] == {
