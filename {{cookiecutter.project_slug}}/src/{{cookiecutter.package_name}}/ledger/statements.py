@@ -17,6 +17,7 @@ from sqlalchemy import (
     Text,
     and_,
     bindparam,
+    case,
     exists,
     func,
     insert,
@@ -52,15 +53,13 @@ LIVE_CLAIM = and_(
 # A new row: the values of publish.new_row().
 INSERT = insert(LEDGER)
 
-# Handed to the broker (`task_ids`; only QUEUED rows: a fast worker may have claimed one).
+# Handed to the broker (`task_ids`): every row counts the dispatch, but only a QUEUED row
+# becomes PUBLISHED (a fast worker may have claimed it already).
 MARK_PUBLISHED = (
     update(LEDGER)
-    .where(
-        LEDGER.c.id.in_(bindparam("task_ids", expanding=True)),
-        LEDGER.c.state == TaskState.QUEUED,
-    )
+    .where(LEDGER.c.id.in_(bindparam("task_ids", expanding=True)))
     .values(
-        state=TaskState.PUBLISHED,
+        state=case((LEDGER.c.state == TaskState.QUEUED, TaskState.PUBLISHED), else_=LEDGER.c.state),
         published_at=bindparam("now", type_=DateTime),
         dispatches=LEDGER.c.dispatches + 1,
     )
