@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 import shutil
@@ -15,12 +16,25 @@ ENV_FILE = Path(".env")
 # Placeholders in .env.example that must never reach a running stack: each one gets
 # its own random value (URL-safe, so it can sit inside a connection URL).
 SECRET_PLACEHOLDERS = (
-    "change-me-redis-password",
+    "change-me-redis-worker-password",
+    "change-me-redis-api-password",
+    "change-me-redis-beat-password",
+    "change-me-redis-flower-password",
+    "change-me-redis-exporter-password",
+    "change-me-redis-admin-password",
+    "change-me-redis-replica-password",
+    "change-me-redis-sentinel-user-password",
+    "change-me-sentinel-peer-password",
     "change-me-sentinel-password",
     "change-me-flower-password",
     "change-me-database-password",
     "change-me-grafana-password",
 )
+
+# The admin API key (api/keys.py: KEY_PREFIX and 32 random bytes) and its hash.
+API_KEY_PREFIX = "tsk_"
+API_KEY_DIGEST_PLACEHOLDER = "change-me-api-key-sha256"
+API_KEY_PLACEHOLDER = "change-me-api-key"
 
 
 def prune(manifest: dict[str, dict[str, object]]) -> None:
@@ -45,6 +59,10 @@ def prune(manifest: dict[str, dict[str, object]]) -> None:
 def write_env() -> None:
     """Copy .env.example to .env, replacing each placeholder with a fresh secret."""
     text = ENV_EXAMPLE.read_text()
+    # The admin API key, and the SHA-256 the API compares it with (api/keys.py's digest).
+    key = API_KEY_PREFIX + secrets.token_urlsafe(32)
+    text = text.replace(API_KEY_DIGEST_PLACEHOLDER, hashlib.sha256(key.encode()).hexdigest())
+    text = text.replace(API_KEY_PLACEHOLDER, key)
     for placeholder in SECRET_PLACEHOLDERS:
         text = text.replace(placeholder, secrets.token_urlsafe(24))
     ENV_FILE.write_text(text)

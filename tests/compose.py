@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import pytest
 
 from combinations import TEMPLATE_DIR
@@ -129,6 +130,13 @@ class ComposeStack:
 
     def url(self, variable: str) -> str:
         return f"http://127.0.0.1:{self.ports[variable]}"
+
+    def api(self, timeout: float = 30) -> httpx.Client:
+        """A client of the stack's API with the admin key generation wrote into .env."""
+        key = self.dotenv()["API_KEY"]
+        return httpx.Client(
+            base_url=self.url("API_PORT"), timeout=timeout, headers={"X-API-Key": key}
+        )
 
     def dotenv(self) -> dict[str, str]:
         pairs = re.findall(r"^([A-Z_]+)=(.*)$", (self.path / ".env").read_text(), re.MULTILINE)

@@ -108,7 +108,7 @@ def wait_final(client: httpx.Client, task_ids: list[str], timeout: float) -> dic
 
 
 def run_one_task_per_queue(stack: ComposeStack, timeout: float = 90) -> dict[str, str]:
-    with httpx.Client(base_url=stack.url("API_PORT"), timeout=30) as client:
+    with stack.api(timeout=30) as client:
         ids = {queue: submit(client, name, kwargs) for queue, (name, kwargs) in QUEUE_TASKS.items()}
         bodies = wait_final(client, list(ids.values()), timeout)
     return {queue: bodies[task_id]["state"] for queue, task_id in ids.items()}
@@ -133,7 +133,7 @@ def current_master(stack: ComposeStack) -> str:
     """The master's name as sentinel-1 announces it ("" when it does not answer)."""
     answer = stack.exec(
         "sentinel-1",
-        'REDISCLI_AUTH="$REDIS_SENTINEL_PASSWORD" redis-cli -p 26379'
+        'REDISCLI_AUTH="$SENTINEL_USER_CLIENT_PASSWORD" redis-cli --user client -p 26379'
         ' sentinel get-master-addr-by-name "$REDIS_MASTER_NAME"',
         timeout=10,
     )
@@ -234,7 +234,7 @@ def test_exporter_counts_a_backlog_across_priority_levels(default_stack: Compose
     backlog = 4
     stack.must("stop", "worker-low")
     try:
-        with httpx.Client(base_url=stack.url("API_PORT"), timeout=30) as client:
+        with stack.api(timeout=30) as client:
             ids = [
                 submit(client, "demo.echo", {"message": f"waiting-{n}"}, queue="low", priority=n)
                 for n in range(backlog)
@@ -248,7 +248,7 @@ def test_exporter_counts_a_backlog_across_priority_levels(default_stack: Compose
         assert wait_for(lambda: low_backlog() == backlog, 60), low_backlog()
     finally:
         stack.must("start", "worker-low")
-    with httpx.Client(base_url=stack.url("API_PORT"), timeout=30) as client:
+    with stack.api(timeout=30) as client:
         bodies = wait_final(client, ids, timeout=90)
     assert {body["state"] for body in bodies.values()} == {"SUCCEEDED"}, bodies
     assert wait_healthy(stack, ("worker-low",), timeout=120) == []
@@ -259,12 +259,16 @@ OTHER_NODE = {"redis-master": "redis-replica", "redis-replica": "redis-master"}
 
 def replica_in_sync(stack: ComposeStack, node: str) -> bool:
     """`node` replicates with its link up, and sentinel-1 counts it a healthy replica."""
-    info = stack.exec(node, 'REDISCLI_AUTH="$REDIS_PASSWORD" redis-cli info replication', 10)
+    info = stack.exec(
+        node,
+        'REDISCLI_AUTH="$REDIS_USER_ADMIN_PASSWORD" redis-cli --user admin info replication',
+        10,
+    )
     if "role:slave" not in info.output or "master_link_status:up" not in info.output:
         return False
     replicas = stack.exec(
         "sentinel-1",
-        'REDISCLI_AUTH="$REDIS_SENTINEL_PASSWORD" redis-cli -p 26379'
+        'REDISCLI_AUTH="$SENTINEL_USER_CLIENT_PASSWORD" redis-cli --user client -p 26379'
         ' sentinel replicas "$REDIS_MASTER_NAME"',
         timeout=10,
     )
@@ -298,7 +302,7 @@ def kill_master_mid_stream(stack: ComposeStack, run: int = 0) -> dict[str, Any]:
 
     def stream() -> None:
         queues = tuple(QUEUE_TASKS)
-        with httpx.Client(base_url=stack.url("API_PORT"), timeout=60) as client:
+        with stack.api(timeout=60) as client:
             number = 0
             while not stop.is_set():
                 body = {
@@ -334,7 +338,7 @@ def kill_master_mid_stream(stack: ComposeStack, run: int = 0) -> dict[str, Any]:
     stop.set()
     producer.join(timeout=90)
 
-    with httpx.Client(base_url=stack.url("API_PORT"), timeout=30) as client:
+    with stack.api(timeout=30) as client:
         bodies = wait_final(client, [task_id for task_id, _ in accepted], timeout=240)
     states = [bodies[task_id]["state"] for task_id, _ in accepted]
     counts = effect_counts(stack, [task_id for task_id, _ in accepted])

@@ -2,7 +2,9 @@
 
 All run under the project's gunicorn configuration (api/gunicorn_conf.py: the same worker
 class and worker count); the bare apps are in bench/bare_api.py: `bare` answers canned
-JSON, `celery-only` publishes and reads the result backend with nothing else. Each endpoint
+JSON, `celery-only` publishes and reads the result backend with nothing else.
+`project-open` is the project's own app with API_AUTH=none: its ratio to `project` is the
+cost of checking the key, its scopes and the caller's rate limit. Each endpoint
 is loaded at each connection count for a fixed time (bench/http_load.py), the apps taking
 turns.
 Besides requests per second and latency percentiles, the figures count non-2xx answers
@@ -26,24 +28,33 @@ from bench.rounds import ratio, rotated, summary
 from bench.services import PROJECT_QUEUE, Services
 
 TASKS = "/api/v1/tasks"
-# The apps compared; the bare ones, by their bench/bare_api.py attribute, are the
-# baselines of the ratios.
-APPS = ("project", "bare", "celery-only")
-BARE_APPS = {"bare": "app", "celery-only": "celery_only"}
+# The apps compared. The others, by their gunicorn app and settings, are the baselines
+# of the ratios.
+APPS = ("project", "project-open", "bare", "celery-only")
+BASELINES: dict[str, tuple[str, dict[str, str]]] = {
+    "project-open": (
+        "{{ cookiecutter.package_name }}.api.app:app",
+        {"API_AUTH": "none", "ENVIRONMENT": "development"},
+    ),
+    "bare": ("bench.bare_api:app", {}),
+    "celery-only": ("bench.bare_api:celery_only", {}),
+}
 ENDPOINTS = ("POST", "GET")
 
 
-def start_bare_api(services: Services, name: str) -> tuple[SupervisedProcess, str]:
-    """One of bench/bare_api.py's apps under the project's gunicorn configuration."""
+def start_baseline(services: Services, name: str) -> tuple[SupervisedProcess, str]:
+    """One of the baseline apps under the project's gunicorn configuration."""
+    target, settings = BASELINES[name]
     port = free_port()
     process = services.process(
         name,
         [
             str(venv_bin() / "gunicorn"),
             "--config=python:{{ cookiecutter.package_name }}.api.gunicorn_conf",
-            f"bench.bare_api:{BARE_APPS[name]}",
+            target,
         ],
         env={
+            **settings,
             "API_BIND": f"{LOOPBACK}:{port}",
             "PROMETHEUS_MULTIPROC_DIR": str(services.stack.run_dir / f"{name}-prometheus"),
         },
@@ -52,7 +63,8 @@ def start_bare_api(services: Services, name: str) -> tuple[SupervisedProcess, st
     deadline = time.monotonic() + 60
     while True:
         try:
-            if httpx.post(f"{url}{TASKS}", json=POST_BODY, timeout=5).status_code == 202:
+            answer = httpx.post(f"{url}{TASKS}", json=POST_BODY, headers=headers(services))
+            if answer.status_code == 202:
                 return process, url
         except httpx.HTTPError:
             pass
@@ -62,9 +74,14 @@ def start_bare_api(services: Services, name: str) -> tuple[SupervisedProcess, st
         time.sleep(0.2)
 
 
-def submitted_task(base_url: str) -> str:
+def headers(services: Services) -> dict[str, str]:
+    """The stack's key: the project's API wants it, the baselines ignore it."""
+    return {"X-API-Key": services.stack.api_key}
+
+
+def submitted_task(services: Services, base_url: str) -> str:
     """The id of one task accepted by the API: the target of the GET load."""
-    response = httpx.post(f"{base_url}{TASKS}", json=POST_BODY, timeout=30)
+    response = httpx.post(f"{base_url}{TASKS}", json=POST_BODY, headers=headers(services))
     response.raise_for_status()
     return str(response.json()["id"])
 
@@ -80,7 +97,9 @@ def measure(
 ) -> tuple[Load, float]:
     """One load run; (its figures, API CPU milliseconds per request)."""
     cpu_before = services.cpu_seconds(process)
-    load = run_load(url, post=post, connections=connections, seconds=seconds)
+    load = run_load(
+        url, post=post, connections=connections, seconds=seconds, headers=headers(services)
+    )
     cpu = services.cpu_seconds(process) - cpu_before
     if post:
         services.purge(PROJECT_QUEUE)
@@ -103,10 +122,10 @@ def figures(loads: list[tuple[Load, float]]) -> dict[str, Any]:
 def run(
     services: Services, *, rounds: int, seconds: float, connections: list[int]
 ) -> dict[str, Any]:
-    bare = {name: start_bare_api(services, name) for name in BARE_APPS}
+    bare = {name: start_baseline(services, name) for name in BASELINES}
     try:
         targets = {"project": (services.stack.processes["api"], services.stack.api_url), **bare}
-        task_ids = {app: submitted_task(url) for app, (_, url) in targets.items()}
+        task_ids = {app: submitted_task(services, url) for app, (_, url) in targets.items()}
         cells = [(endpoint, count) for endpoint in ENDPOINTS for count in connections]
         loads: dict[tuple[str, str, int], list[tuple[Load, float]]] = {}
         for round_index in range(rounds):
@@ -144,7 +163,7 @@ def run(
                         f"ratio_to_{baseline.replace('-', '_')}": ratio(
                             rate, found[baseline]["requests_per_second"]
                         )
-                        for baseline in BARE_APPS
+                        for baseline in BASELINES
                     },
                 }
             )

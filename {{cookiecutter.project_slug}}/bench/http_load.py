@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -59,16 +60,27 @@ def loader_name() -> str:
     return "python"
 
 
-def run_load(url: str, *, post: bool, connections: int, seconds: float) -> Load:
+def run_load(
+    url: str,
+    *,
+    post: bool,
+    connections: int,
+    seconds: float,
+    headers: Mapping[str, str] | None = None,
+) -> Load:
+    """`headers` go with every request (e.g. the API key)."""
+    sent = dict(headers or {})
     if loader_name() == "wrk":
-        return run_wrk(url, post=post, connections=connections, seconds=seconds)
-    return run_python(url, post=post, connections=connections, seconds=seconds)
+        return run_wrk(url, post=post, connections=connections, seconds=seconds, headers=sent)
+    return run_python(url, post=post, connections=connections, seconds=seconds, headers=sent)
 
 
 # --- wrk ------------------------------------------------------------------------------------
 
 
-def run_wrk(url: str, *, post: bool, connections: int, seconds: float) -> Load:
+def run_wrk(
+    url: str, *, post: bool, connections: int, seconds: float, headers: dict[str, str]
+) -> Load:
     command = [
         "wrk",
         f"--threads={min(WRK_THREADS, connections)}",
@@ -76,6 +88,7 @@ def run_wrk(url: str, *, post: bool, connections: int, seconds: float) -> Load:
         f"--duration={max(1, round(seconds))}s",
         f"--timeout={REQUEST_TIMEOUT_SECONDS}s",
         "--latency",
+        *(f"--header={name}: {value}" for name, value in headers.items()),
     ]
     if post:
         command.append(f"--script={POST_SCRIPT}")
@@ -133,10 +146,17 @@ class _Tally:
     errors: int = 0
 
 
-def _connection(url: str, post: bool, deadline: float, tally: _Tally, lock: threading.Lock) -> None:
+def _connection(
+    url: str,
+    post: bool,
+    headers: dict[str, str],
+    deadline: float,
+    tally: _Tally,
+    lock: threading.Lock,
+) -> None:
     latencies: list[float] = []
     non_2xx = errors = 0
-    with httpx.Client(timeout=REQUEST_TIMEOUT_SECONDS) as client:
+    with httpx.Client(timeout=REQUEST_TIMEOUT_SECONDS, headers=headers) as client:
         while time.monotonic() < deadline:
             started = time.perf_counter()
             try:
@@ -158,11 +178,16 @@ def _percentile(ordered: list[float], percent: int) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * percent / 100))]
 
 
-def run_python(url: str, *, post: bool, connections: int, seconds: float) -> Load:
+def run_python(
+    url: str, *, post: bool, connections: int, seconds: float, headers: dict[str, str]
+) -> Load:
     tally, lock = _Tally(latencies=[]), threading.Lock()
     started = time.monotonic()
     threads = [
-        threading.Thread(target=_connection, args=(url, post, started + seconds, tally, lock))
+        threading.Thread(
+            target=_connection,
+            args=(url, post, headers, started + seconds, tally, lock),
+        )
         for _ in range(connections)
     ]
     for thread in threads:

@@ -114,13 +114,14 @@ def api_table(api: dict[str, Any]) -> list[str]:
             f"{r['cpu_ms_per_request']['median']:.2f}",
             str(r["non_2xx"]),
             str(r["socket_errors"]),
+            f"{r['ratio_to_project_open']}x",
             f"{r['ratio_to_bare']}x",
             f"{r['ratio_to_celery_only']}x",
         ]
         for r in api["results"]
     ]
     header = ["endpoint", "conns", "app", "req/s", "p50 ms", "p90 ms", "p99 ms"]
-    header += ["CPU ms/req", "non-2xx", "socket errors", "vs bare", "vs celery-only"]
+    header += ["CPU ms/req", "non-2xx", "socket errors", "vs open", "vs bare", "vs celery-only"]
     return [
         f"API ({api['loader']}, {api['seconds_per_run']} s per run,"
         f" {api['api_workers']} gunicorn workers each): median (min-max)",

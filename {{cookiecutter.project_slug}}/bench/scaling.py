@@ -55,8 +55,9 @@ def ledger_sizes(
         reconciled = services.child("ledger_probe", "reconcile", str(rounds))
         services.purge(PROJECT_QUEUE)
         url = f"{services.stack.api_url}/api/v1/tasks/{filled['sample_id']}"
-        alone = _lookups(url, LOOKUP_CONNECTIONS, rounds=rounds, seconds=seconds)
-        loads = _lookups(url, GET_CONNECTIONS, rounds=rounds, seconds=seconds)
+        key = {"X-API-Key": services.stack.api_key}
+        alone = _lookups(url, key, LOOKUP_CONNECTIONS, rounds=rounds, seconds=seconds)
+        loads = _lookups(url, key, GET_CONNECTIONS, rounds=rounds, seconds=seconds)
         results.append(
             {
                 "final_rows": size,
@@ -83,9 +84,12 @@ def ledger_sizes(
     return results
 
 
-def _lookups(url: str, connections: int, *, rounds: int, seconds: float) -> list[Load]:
+def _lookups(
+    url: str, key: dict[str, str], connections: int, *, rounds: int, seconds: float
+) -> list[Load]:
     return [
-        run_load(url, post=False, connections=connections, seconds=seconds) for _ in range(rounds)
+        run_load(url, post=False, connections=connections, seconds=seconds, headers=key)
+        for _ in range(rounds)
     ]
 
 

@@ -18,7 +18,13 @@ from typing import Any
 import redis as redis_py
 from tests.harness.databases import Database, database_for, kind_of_url
 from tests.harness.processes import SupervisedProcess, run_command
-from tests.harness.redis import RedisDeployment, RedisSentinelCluster, StandaloneRedis, redis_for
+from tests.harness.redis import (
+    ADMIN_USER,
+    RedisDeployment,
+    RedisSentinelCluster,
+    StandaloneRedis,
+    redis_for,
+)
 from tests.harness.stack import ENTRYPOINTS, PROJECT_DIR, Stack, StackOptions, venv_bin
 
 from bench.generated import default_setting
@@ -30,6 +36,12 @@ PRIORITY_SEPARATOR = "\x06\x16"
 PRIORITY_LEVELS = range(10)
 # The queue the project's demo tasks are routed to, and the one a default Celery app uses.
 PROJECT_QUEUE = "default"
+# The gates still run (their cost is measured) but never refuse: no worker drains the
+# queue between purges, and one key sends every request.
+BENCH_API_SETTINGS = {
+    "API_RATE_LIMIT": "1000000000/second",
+    "API_MAX_BACKLOG_DEFAULT": "1000000000",
+}
 PLAIN_QUEUE = "celery"
 
 
@@ -49,15 +61,21 @@ class Services:
         self.result_db = int(default_setting("redis_result_db"))
         self.redis: RedisDeployment = redis_for(self.redis_mode, workdir / "redis")
         self.database: Database = database_for(self.database_kind, workdir / "db")
+        workers = {"API_WORKERS": str(api_workers)}
         self.stack = Stack(
             redis=self.redis,
             database=self.database,
             workdir=workdir / "stack",
             # The API with its production worker count (the harness's tests use one).
-            options=StackOptions(groups=(), beat=False, env={"API_WORKERS": str(api_workers)}),
+            options=StackOptions(groups=(), beat=False, env=BENCH_API_SETTINGS | workers),
         )
         # bench/ is importable by the children, which run in the stack's directory.
-        self.env = {**self.stack.env, "PYTHONPATH": str(PROJECT_DIR)}
+        self.env = {
+            **self.stack.env,
+            "PYTHONPATH": str(PROJECT_DIR),
+            "REDIS_USERNAME": ADMIN_USER,
+            "REDIS_PASSWORD": self.redis.users.password(ADMIN_USER),
+        }
         self._producers: dict[str, Producer] = {}
         self._exit = contextlib.ExitStack()
 
@@ -86,11 +104,15 @@ class Services:
 
     @property
     def redis_password(self) -> str:
-        return str(self.stack.env["REDIS_PASSWORD"])
+        """The operators' admin user's: the bench's own clients and baselines use queue
+        and key names outside the application users' ACL patterns."""
+        return self.redis.users.password(ADMIN_USER)
 
     def redis_client(self, db: int) -> redis_py.Redis:
         host, port = self.master_address()
-        return redis_py.Redis(host=host, port=port, db=db, password=self.redis_password)
+        return redis_py.Redis(
+            host=host, port=port, db=db, username=ADMIN_USER, password=self.redis_password
+        )
 
     def backlog(self, client: redis_py.Redis, queue: str) -> int:
         """Messages waiting in a queue (all its priority lists)."""

@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tests.harness.processes import SupervisedProcess
+from tests.harness.redis import ADMIN_USER
 from tests.harness.stack import venv_bin
 
 from bench import floor
@@ -136,7 +137,7 @@ def drain_celery(
 
 def drain_floor(services: Services, kind: str, pool: str, concurrency: int, count: int) -> Drain:
     host, port = services.master_address()
-    url = f"redis://:{services.redis_password}@{host}:{port}/{services.broker_db}"
+    url = f"redis://{ADMIN_USER}:{services.redis_password}@{host}:{port}/{services.broker_db}"
     with services.redis_client(services.broker_db) as client:
         client.delete(floor.KEY)
         floor.fill(client, count)

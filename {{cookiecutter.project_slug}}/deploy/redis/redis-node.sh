@@ -4,10 +4,13 @@
 # /etc/redis-node). On the FIRST start it writes the node's config into its data volume;
 # after that Redis and Sentinel own the file (CONFIG REWRITE after a failover), so a
 # restarted node keeps its current role and epoch instead of the one it was created with.
-# Passwords come from the environment, never from the command line.
+# Passwords come from the environment, never from the command line. The users are those of
+# users.acl: a Redis node's user <name> gets REDIS_USER_<NAME>_PASSWORD, a sentinel's
+# SENTINEL_USER_<NAME>_PASSWORD; a user without its password stays off, as does `default`.
 #   REDIS_ANNOUNCE_HOST  this node's DNS name (announced to Sentinel and to clients)
 #   REDIS_MASTER_HOST    the first master's DNS name (default redis-master)
-#   REDIS_MASTER_NAME, REDIS_PASSWORD, REDIS_SENTINEL_PASSWORD
+#   REDIS_MASTER_NAME
+#   REDIS_MAXMEMORY      the memory bound of a node (default 1gb; noeviction: memory.conf)
 #   SENTINEL_QUORUM (2), SENTINEL_DOWN_AFTER_MS (5000), SENTINEL_FAILOVER_TIMEOUT_MS (30000)
 #   SENTINEL_LIVE_DIR    where Sentinel's working config lives (default /run/sentinel)
 set -eu
@@ -16,8 +19,22 @@ role="${1:?usage: redis-node.sh master|replica|sentinel}"
 announce="${REDIS_ANNOUNCE_HOST:?REDIS_ANNOUNCE_HOST must name this node}"
 master_host="${REDIS_MASTER_HOST:-redis-master}"
 master_name="${REDIS_MASTER_NAME:-mymaster}"
-: "${REDIS_PASSWORD:?REDIS_PASSWORD must be set}"
 conf="/data/$role.conf"
+
+# users.acl's users of one side (redis or sentinel) as config lines.
+acl_users() {
+  side="$1"
+  prefix="$(printf '%s' "$side" | tr a-z A-Z)_USER"
+  grep -v '^[[:space:]]*#' /etc/redis-node/users.acl | while read -r place user rules; do
+    [ "$place" = "$side" ] || continue
+    eval "password=\${${prefix}_$(printf '%s' "$user" | tr a-z- A-Z_)_PASSWORD:-}"
+    if [ -n "$password" ]; then
+      echo "user $user on >$password resetkeys resetchannels -@all $rules"
+    else
+      echo "user $user off resetkeys resetchannels -@all $rules"
+    fi
+  done
+}
 
 if [ ! -s "$conf" ]; then
   umask 077
@@ -26,11 +43,15 @@ if [ ! -s "$conf" ]; then
       {
         echo "# Written by redis-node.sh on first start; Redis rewrites it after failovers."
         echo "include /etc/redis-node/persistence.conf"
+        echo "include /etc/redis-node/memory.conf"
+        echo "maxmemory ${REDIS_MAXMEMORY:-1gb}"
         echo "dir /data"
         echo "port 6379"
-        echo "requirepass $REDIS_PASSWORD"
-        # A demoted master must authenticate to the new one.
-        echo "masterauth $REDIS_PASSWORD"
+        echo "user default off"
+        acl_users redis
+        # A replica (and a demoted master) authenticates to the master as `replica`.
+        echo "masteruser replica"
+        echo "masterauth ${REDIS_USER_REPLICA_PASSWORD:-}"
         # Known to Sentinel (and so to clients) by name: container IPs change on restart.
         echo "replica-announce-ip $announce"
         if [ "$role" = replica ]; then
@@ -39,7 +60,8 @@ if [ ! -s "$conf" ]; then
       } >"$conf"
       ;;
     sentinel)
-      : "${REDIS_SENTINEL_PASSWORD:?REDIS_SENTINEL_PASSWORD must be set}"
+      : "${SENTINEL_USER_PEER_PASSWORD:?SENTINEL_USER_PEER_PASSWORD must be set}"
+      : "${REDIS_USER_SENTINEL_PASSWORD:?REDIS_USER_SENTINEL_PASSWORD must be set}"
       {
         echo "# Written by redis-node.sh on first start; Sentinel rewrites it as it learns."
         echo "port 26379"
@@ -47,11 +69,14 @@ if [ ! -s "$conf" ]; then
         echo "sentinel resolve-hostnames yes"
         echo "sentinel announce-hostnames yes"
         echo "sentinel announce-ip $announce"
-        echo "requirepass $REDIS_SENTINEL_PASSWORD"
-        # Sentinels authenticate to each other with their own password.
-        echo "sentinel sentinel-pass $REDIS_SENTINEL_PASSWORD"
+        echo "user default off"
+        acl_users sentinel
+        # Sentinels authenticate to each other as `peer`, to the Redis nodes as `sentinel`.
+        echo "sentinel sentinel-user peer"
+        echo "sentinel sentinel-pass $SENTINEL_USER_PEER_PASSWORD"
         echo "sentinel monitor $master_name $master_host 6379 ${SENTINEL_QUORUM:-2}"
-        echo "sentinel auth-pass $master_name $REDIS_PASSWORD"
+        echo "sentinel auth-user $master_name sentinel"
+        echo "sentinel auth-pass $master_name $REDIS_USER_SENTINEL_PASSWORD"
         echo "sentinel down-after-milliseconds $master_name ${SENTINEL_DOWN_AFTER_MS:-5000}"
         echo "sentinel failover-timeout $master_name ${SENTINEL_FAILOVER_TIMEOUT_MS:-30000}"
         echo "sentinel parallel-syncs $master_name 1"

@@ -10,6 +10,7 @@ from datetime import timedelta
 from typing import Any
 
 from {{ cookiecutter.package_name }}.queues import DEFAULT_QUEUE, TASK_QUEUES, TASK_ROUTES
+from {{ cookiecutter.package_name }}.redis_credentials import HiddenCredentials
 from {{ cookiecutter.package_name }}.schedule import build_beat_schedule
 from {{ cookiecutter.package_name }}.settings import get_settings
 
@@ -37,10 +38,13 @@ def _redis_connection_options() -> dict[str, Any]:
         options["master_name"] = _settings.redis_master_name
         # R31: Sentinel auth; redis-py stops copying socket_* options to sentinel
         # connections once sentinel_kwargs is given, so they are repeated here.
-        options["sentinel_kwargs"] = {
-            **socket_options,
-            "password": _settings.redis_sentinel_password.get_secret_value() or None,
-        }
+        options["sentinel_kwargs"] = {**socket_options}
+        password = _settings.redis_sentinel_password.get_secret_value()
+        if password or _settings.redis_sentinel_username:
+            # A provider, not a password: worker stats show transport options in clear.
+            options["sentinel_kwargs"]["credential_provider"] = HiddenCredentials(
+                _settings.redis_sentinel_username, password
+            )
     return options
 
 

@@ -24,3 +24,10 @@ TASK_ROUTES = {
     # Operational tasks must not wait behind a backlog of ordinary work.
     "ledger.*": {"queue": "high"},
 }
+
+# Which queues an API client may choose for a task instead of its route (patterns as in
+# TASK_ROUTES). Nothing else moves: ordinary work must not jump onto `high`, beside the
+# reconcile jobs. The demo tasks may go anywhere, so the tests can load every queue.
+API_QUEUE_CHOICES = {
+    "demo.*": QUEUE_NAMES,
+}

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Annotated, Literal
+from pathlib import Path
+from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
+from dotenv import dotenv_values
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 Pool = Literal["prefork", "gevent", "solo", "threads"]
 QueueGroup = Literal["high", "default", "low"]
@@ -25,8 +34,55 @@ class WorkerGroup:
     concurrency: int
 
 
+ENV_FILE = ".env"
+
+
+class SecretFiles(PydanticBaseSettingsSource):
+    """`<NAME>_FILE` gives the path of a file holding secret setting <NAME>.
+
+    The convention of Docker secrets and Kubernetes secret volumes: the value never sits
+    in the environment, where every child process and `docker inspect` can read it. A
+    secret with a `_file` setting of its own (API_KEYS_FILE) is read by its consumer.
+    """
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # every value comes from __call__
+
+    def __call__(self) -> dict[str, Any]:
+        given = {key.upper(): value for key, value in dotenv_values(ENV_FILE).items()}
+        given.update({key.upper(): value for key, value in os.environ.items()})
+        fields = self.settings_cls.model_fields
+        found: dict[str, Any] = {}
+        for name, field in fields.items():
+            if field.annotation is not SecretStr or f"{name}_file" in fields:
+                continue
+            variable = name.upper()
+            path = given.get(f"{variable}_FILE")
+            if not path:
+                continue
+            if given.get(variable):
+                raise ValueError(f"give {variable} or {variable}_FILE, not both")
+            try:
+                found[name] = Path(path).read_text().rstrip("\r\n")
+            except OSError as exc:
+                raise ValueError(f"{variable}_FILE: cannot read {path}: {exc.strerror}") from exc
+        return found
+
+
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(env_file=ENV_FILE, extra="ignore", frozen=True)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # A file given for a secret beats an empty variable of the same name.
+        return (init_settings, SecretFiles(settings_cls), env_settings, dotenv_settings)
 
     service_name: str = "{{ cookiecutter.project_slug }}"
     environment: Literal["development", "test", "production"] = "production"
@@ -38,7 +94,11 @@ class Settings(BaseSettings):
     redis_sentinels: CommaList = ("127.0.0.1:26379", "127.0.0.1:26380", "127.0.0.1:26381")
     redis_master_name: str = "mymaster"
     redis_address: str = "127.0.0.1:6379"  # standalone mode only
+    # Each component its own ACL user (deploy/redis/users.acl); "" = Redis' default user.
+    redis_username: str = ""
     redis_password: SecretStr = SecretStr("")
+    # The user clients ask Sentinel as: it may only look up the master and its peers.
+    redis_sentinel_username: str = ""
     redis_sentinel_password: SecretStr = SecretStr("")
     redis_broker_db: int = Field(default=0, ge=0, le=15)
     redis_result_db: int = Field(default=1, ge=0, le=15)
@@ -120,6 +180,10 @@ class Settings(BaseSettings):
     beat_tick_seconds: float = Field(default=60.0, gt=0)
     beat_report_crontab: str = "0 3 * * *"
 
+    # Most subtasks one demo.reports.build_report may fan out to: each is a message and a
+    # result key, and the chord waits for every one, so one request must not queue thousands.
+    report_max_chunks: int = Field(default=100, ge=1)
+
     # --- API --------------------------------------------------------------------------
     api_bind: str = "0.0.0.0:8000"  # a container listens on all interfaces
     api_workers: int = Field(default=2, ge=1)
@@ -135,6 +199,36 @@ class Settings(BaseSettings):
         "demo.urgent_ping",
         "demo.reports.build_report",
     )
+    # Host headers the API answers (it repeats the host in Location and status_url);
+    # "*.example.com" matches subdomains. /healthz, /readyz and /metrics take any host.
+    api_trusted_hosts: CommaList = ("localhost", "127.0.0.1", "api")
+    # Swagger UI at /docs and the schema at /openapi.json; false hides both.
+    api_docs: bool = True
+
+    # --- API: who may call it, and how much it takes in (api/auth.py, api/admission.py) ---
+    # keys: every /api/v1 call needs an API key (X-API-Key) or, with API_OIDC_ISSUER set,
+    # a bearer token. none: anyone may call anything (ENVIRONMENT=development only).
+    api_auth: Literal["keys", "none"] = "keys"
+    # The keys as a JSON document (api/keys.py): hashes, names and scopes, never a key.
+    # API_KEYS_FILE holds the same document in a file, re-read when it changes (rotation
+    # without a restart); `python -m {{ cookiecutter.package_name }}.api.keys` writes it.
+    api_keys: SecretStr = SecretStr("")
+    api_keys_file: str = ""
+    # OIDC bearer tokens: the issuer (`iss`), the audience (`aud`) and where its signing
+    # keys are (cached for API_OIDC_JWKS_CACHE_SECONDS); scopes come from one claim.
+    api_oidc_issuer: str = ""
+    api_oidc_audience: str = ""
+    api_oidc_jwks_url: str = ""
+    api_oidc_scopes_claim: str = "scope"
+    api_oidc_algorithms: CommaList = ("RS256", "ES256")
+    api_oidc_jwks_cache_seconds: int = Field(default=300, ge=1)
+    # Per caller, shared by every API process through Redis: e.g. "20/second", "1000/minute".
+    api_rate_limit: str = Field(default="50/second", pattern=r"^\d+\s*/\s*\d*\s*[a-z]+$")
+    # A queue with this many messages waiting takes no more submissions (503 + Retry-After):
+    # intake stops before Redis memory fills. 0 = no bound.
+    api_max_backlog_high: int = Field(default=1_000, ge=0)
+    api_max_backlog_default: int = Field(default=10_000, ge=0)
+    api_max_backlog_low: int = Field(default=10_000, ge=0)
 {%- if cookiecutter.use_sentry == "yes" %}
 
     # --- Sentry (empty DSN = off) -----------------------------------------------------
@@ -149,7 +243,13 @@ class Settings(BaseSettings):
     flower_password: SecretStr = SecretStr("change-me-flower-password")
 {%- endif %}
 
-    @field_validator("redis_sentinels", "api_task_allowlist", mode="before")
+    @field_validator(
+        "redis_sentinels",
+        "api_task_allowlist",
+        "api_oidc_algorithms",
+        "api_trusted_hosts",
+        mode="before",
+    )
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
@@ -194,6 +294,43 @@ class Settings(BaseSettings):
             raise ValueError("REDIS_SENTINELS needs at least one host:port")
         return self
 
+    @model_validator(mode="after")
+    def _access_is_consistent(self) -> Settings:
+        if self.api_auth == "none" and self.environment != "development":
+            raise ValueError(
+                "API_AUTH=none lets anyone submit, cancel and replay tasks: it is allowed only"
+                f" with ENVIRONMENT=development (ENVIRONMENT is {self.environment})"
+            )
+        if self.api_keys.get_secret_value() and self.api_keys_file:
+            raise ValueError("give API_KEYS or API_KEYS_FILE, not both")
+        oidc = {
+            "API_OIDC_ISSUER": self.api_oidc_issuer,
+            "API_OIDC_AUDIENCE": self.api_oidc_audience,
+            "API_OIDC_JWKS_URL": self.api_oidc_jwks_url,
+        }
+        if any(oidc.values()) and not all(oidc.values()):
+            missing = ", ".join(name for name, value in oidc.items() if not value)
+            raise ValueError(f"OIDC bearer tokens need all of {', '.join(oidc)}; missing {missing}")
+        if self.environment == "production":
+            weak = [name for name in self._required_secrets() if _is_placeholder(self, name)]
+            if weak:
+                raise ValueError(
+                    "ENVIRONMENT=production refuses empty or placeholder secrets:"
+                    f" {', '.join(name.upper() for name in weak)} (set real values, or"
+                    " ENVIRONMENT=development for a local run)"
+                )
+        return self
+
+    def _required_secrets(self) -> tuple[str, ...]:
+        """The secrets a production deployment must set (an empty one is an open door)."""
+        names = ["database_url", "redis_password"]
+        if self.redis_mode == "sentinel":
+            names.append("redis_sentinel_password")
+{%- if cookiecutter.use_flower == "yes" %}
+        names.append("flower_password")
+{%- endif %}
+        return tuple(names)
+
     @property
     def reconcile_started_after(self) -> int:
         """A STARTED row older than this lost its worker and kombu did not restore it."""
@@ -210,8 +347,9 @@ class Settings(BaseSettings):
         return self.visibility_timeout - self.task_time_limit
 
     def _redis_url(self, db: int) -> str:
+        username = quote(self.redis_username, safe="")
         password = quote(self.redis_password.get_secret_value(), safe="")
-        auth = f":{password}@" if password else ""
+        auth = f"{username}:{password}@" if password or username else ""
         if self.redis_mode == "standalone":
             return f"redis://{auth}{self.redis_address}/{db}"
         return ";".join(f"sentinel://{auth}{node}/{db}" for node in self.redis_sentinels)
@@ -228,6 +366,18 @@ class Settings(BaseSettings):
         pool: Pool = getattr(self, f"worker_{queue}_pool")
         concurrency: int = getattr(self, f"worker_{queue}_concurrency")
         return WorkerGroup(queue, (queue,), pool, concurrency)
+
+
+PLACEHOLDER_MARK = "change-me"
+
+
+def _is_placeholder(settings: Settings, name: str) -> bool:
+    value: SecretStr = getattr(settings, name)
+    secret = value.get_secret_value()
+    if name == "database_url":
+        # SQLite has no password; a server URL must not carry the example's.
+        return PLACEHOLDER_MARK in secret
+    return not secret or PLACEHOLDER_MARK in secret
 
 
 @lru_cache(maxsize=1)

@@ -1,8 +1,9 @@
 """Private Redis deployments on loopback: a Sentinel cluster, or one standalone server.
 
-Every node is a real `redis-server` in a temporary directory, on free ports, with passwords
-on Redis and on the sentinels, AOF and RDB persistence on, and timings short enough for
-tests. `env()` gives the project's own variables (settings.py) pointing at it.
+Every node is a real `redis-server` in a temporary directory, on free ports, with the
+project's ACL users (deploy/redis/users.acl, the `default` user off) on Redis and on the
+sentinels, AOF and RDB persistence on, and timings short enough for tests. `env(component)`
+gives the project's own variables (settings.py) pointing at it, as that component's user.
 
     with RedisSentinelCluster(tmp_path) as cluster:
         old = cluster.kill_master()
@@ -28,7 +29,57 @@ from tests.harness.scratch import ScratchDir
 Address = tuple[str, int]
 MASTER_NAME = "mymaster"
 
-PERSISTENCE_CONF = Path(__file__).resolve().parents[2] / "deploy" / "redis" / "persistence.conf"
+REDIS_DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "redis"
+PERSISTENCE_CONF = REDIS_DEPLOY / "persistence.conf"
+MEMORY_CONF = REDIS_DEPLOY / "memory.conf"
+#: Far above what any test stores; a runaway test hits noeviction instead of the machine.
+MAXMEMORY = "256mb"
+USERS_ACL = REDIS_DEPLOY / "users.acl"
+#: The harness's own clients (setup, chaos, inspection) are the operators' users.
+ADMIN_USER, SENTINEL_ADMIN_USER = "admin", "peer"
+#: Sentinel's user on the Redis nodes, the replicas' user, the clients' user on Sentinel.
+SENTINEL_USER, REPLICA_USER, SENTINEL_CLIENT_USER = "sentinel", "replica", "client"
+#: The component a process without its own user (probes, CLI snippets) runs as.
+DEFAULT_COMPONENT = "worker"
+
+
+def acl_rules(where: str) -> dict[str, str]:
+    """users.acl's users of `where` ("redis" or "sentinel"): name -> ACL rules."""
+    rules: dict[str, str] = {}
+    for line in USERS_ACL.read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            place, user, text = line.split(maxsplit=2)
+            if place == where:
+                rules[user] = text
+    return rules
+
+
+class Users:
+    """A fresh password for every user of users.acl, and the config lines that create them."""
+
+    def __init__(self) -> None:
+        self.passwords = {
+            where: {user: secrets.token_urlsafe(16) for user in acl_rules(where)}
+            for where in ("redis", "sentinel")
+        }
+
+    def config_lines(self, where: str) -> list[str]:
+        lines = ["user default off"]
+        for user, rules in acl_rules(where).items():
+            password = self.passwords[where][user]
+            lines.append(f"user {user} on >{password} resetkeys resetchannels -@all {rules}")
+        return lines
+
+    def password(self, user: str, where: str = "redis") -> str:
+        return self.passwords[where][user]
+
+    def env(self, component: str, *, sentinel: bool) -> dict[str, str]:
+        """The settings of one component: its Redis user (and the Sentinel client user)."""
+        env = {"REDIS_USERNAME": component, "REDIS_PASSWORD": self.password(component)}
+        if sentinel:
+            env["REDIS_SENTINEL_USERNAME"] = SENTINEL_CLIENT_USER
+            env["REDIS_SENTINEL_PASSWORD"] = self.password(SENTINEL_CLIENT_USER, "sentinel")
+        return env
 
 
 def format_address(address: Address) -> str:
@@ -57,11 +108,15 @@ def _poll(timeout: float, what: str, check: Any, interval: float = 0.1) -> Any:
 class RedisDeployment(Protocol):
     """What the stack needs from any Redis topology."""
 
+    users: Users
+
     def start(self, timeout: float = ...) -> RedisDeployment: ...
 
     def stop(self) -> None: ...
 
-    def env(self) -> dict[str, str]: ...
+    def env(self, component: str = ...) -> dict[str, str]: ...
+
+    def credentials(self, component: str) -> dict[str, str]: ...
 
     def processes(self) -> list[SupervisedProcess]: ...
 
@@ -76,7 +131,7 @@ class RedisNode:
         name: str,
         port: int,
         directory: Path,
-        password: str,
+        users: Users,
         *,
         replica_of: Address | None = None,
         restart: bool = False,
@@ -84,7 +139,7 @@ class RedisNode:
         self.name = name
         self.address: Address = (LOOPBACK, port)
         self.directory = directory
-        self.password = password
+        self.users = users
         directory.mkdir(parents=True, exist_ok=True)
         self.config_path = directory / "redis.conf"
         lines = [
@@ -94,10 +149,14 @@ class RedisNode:
             f'dir "{directory}"',
             f'pidfile "{directory / "redis.pid"}"',
             'logfile ""',
-            f"requirepass {password}",
-            f"masterauth {password}",
+            *users.config_lines("redis"),
+            f"masteruser {REPLICA_USER}",
+            f"masterauth {users.password(REPLICA_USER)}",
             # R32: the project's own persistence settings (AOF + RDB).
             f'include "{PERSISTENCE_CONF}"',
+            # The project's memory bound: noeviction, so a full Redis refuses, never drops.
+            f'include "{MEMORY_CONF}"',
+            f"maxmemory {MAXMEMORY}",
             'dbfilename "dump.rdb"',
             "protected-mode yes",
             # A replica's full sync starts at once, not after the default 5 s wait.
@@ -119,13 +178,17 @@ class RedisNode:
     def __repr__(self) -> str:
         return f"<RedisNode {self.name} {format_address(self.address)} pid={self.process.pid}>"
 
-    def client(self, **options: Any) -> redis_py.Redis:
-        """An admin client; replies are bytes (redis-py's default: kombu keys are binary)
-        unless `decode_responses=True` is passed."""
+    def client(self, user: str = ADMIN_USER, **options: Any) -> redis_py.Redis:
+        """A client as `user` (the operators' admin by default); replies are bytes (redis-py's
+        default: kombu keys are binary) unless `decode_responses=True` is passed."""
         options.setdefault("socket_timeout", 2)
         options.setdefault("socket_connect_timeout", 1)
         return redis_py.Redis(
-            host=self.address[0], port=self.address[1], password=self.password, **options
+            host=self.address[0],
+            port=self.address[1],
+            username=user,
+            password=self.users.password(user),
+            **options,
         )
 
     def ping(self) -> bool:
@@ -153,10 +216,9 @@ class SentinelNode:
         port: int,
         directory: Path,
         *,
-        password: str,
+        users: Users,
         master_name: str,
         master: Address,
-        master_password: str,
         quorum: int,
         down_after_ms: int,
         failover_timeout_ms: int,
@@ -164,7 +226,7 @@ class SentinelNode:
     ) -> None:
         self.name = name
         self.address: Address = (LOOPBACK, port)
-        self.password = password
+        self.users = users
         self.master_name = master_name
         directory.mkdir(parents=True, exist_ok=True)
         self.config_path = directory / "sentinel.conf"
@@ -177,9 +239,13 @@ class SentinelNode:
                     f'dir "{directory}"',
                     f'pidfile "{directory / "sentinel.pid"}"',
                     'logfile ""',
-                    f"requirepass {password}",
+                    *users.config_lines("sentinel"),
+                    # Sentinels authenticate to each other as the peer user.
+                    f"sentinel sentinel-user {SENTINEL_ADMIN_USER}",
+                    f"sentinel sentinel-pass {users.password(SENTINEL_ADMIN_USER, 'sentinel')}",
                     f"sentinel monitor {master_name} {master[0]} {master[1]} {quorum}",
-                    f"sentinel auth-pass {master_name} {master_password}",
+                    f"sentinel auth-user {master_name} {SENTINEL_USER}",
+                    f"sentinel auth-pass {master_name} {users.password(SENTINEL_USER)}",
                     f"sentinel down-after-milliseconds {master_name} {down_after_ms}",
                     f"sentinel failover-timeout {master_name} {failover_timeout_ms}",
                     f"sentinel parallel-syncs {master_name} 1",
@@ -203,11 +269,12 @@ class SentinelNode:
     def __repr__(self) -> str:
         return f"<SentinelNode {self.name} {format_address(self.address)} pid={self.process.pid}>"
 
-    def client(self) -> redis_py.Redis:
+    def client(self, user: str = SENTINEL_ADMIN_USER) -> redis_py.Redis:
         return redis_py.Redis(
             host=self.address[0],
             port=self.address[1],
-            password=self.password,
+            username=user,
+            password=self.users.password(user, "sentinel"),
             socket_timeout=2,
             socket_connect_timeout=1,
             decode_responses=True,
@@ -246,8 +313,6 @@ class RedisSentinelCluster:
         replicas: int = 1,
         sentinels: int = 3,
         master_name: str = MASTER_NAME,
-        password: str | None = None,
-        sentinel_password: str | None = None,
         down_after_ms: int = 1500,
         failover_timeout_ms: int = 10_000,
         restart_redis: bool = False,
@@ -258,8 +323,7 @@ class RedisSentinelCluster:
         self._workdir = ScratchDir(workdir, "redis-sentinel-")
         self.workdir = self._workdir.path
         self.master_name = master_name
-        self.password = password or secrets.token_urlsafe(16)
-        self.sentinel_password = sentinel_password or secrets.token_urlsafe(16)
+        self.users = Users()
         ports = free_ports(1 + replicas + sentinels)
         master_port, replica_ports, sentinel_ports = (
             ports[0],
@@ -270,7 +334,7 @@ class RedisSentinelCluster:
             "redis-master",
             master_port,
             self.workdir / "redis-0",
-            self.password,
+            self.users,
             restart=restart_redis,
         )
         self.nodes = [master] + [
@@ -278,7 +342,7 @@ class RedisSentinelCluster:
                 f"redis-replica-{index}",
                 port,
                 self.workdir / f"redis-{index}",
-                self.password,
+                self.users,
                 replica_of=master.address,
                 restart=restart_redis,
             )
@@ -290,10 +354,9 @@ class RedisSentinelCluster:
                 f"sentinel-{index}",
                 port,
                 self.workdir / f"sentinel-{index}",
-                password=self.sentinel_password,
+                users=self.users,
                 master_name=master_name,
                 master=master.address,
-                master_password=self.password,
                 quorum=quorum,
                 down_after_ms=down_after_ms,
                 failover_timeout_ms=failover_timeout_ms,
@@ -345,14 +408,17 @@ class RedisSentinelCluster:
     def sentinel_addresses(self) -> list[Address]:
         return [sentinel.address for sentinel in self.sentinels]
 
-    def env(self) -> dict[str, str]:
+    def env(self, component: str = DEFAULT_COMPONENT) -> dict[str, str]:
         return {
             "REDIS_MODE": "sentinel",
             "REDIS_SENTINELS": ",".join(format_address(a) for a in self.sentinel_addresses),
             "REDIS_MASTER_NAME": self.master_name,
-            "REDIS_PASSWORD": self.password,
-            "REDIS_SENTINEL_PASSWORD": self.sentinel_password,
+            **self.credentials(component),
         }
+
+    def credentials(self, component: str) -> dict[str, str]:
+        """The Redis user (and Sentinel client user) of one component."""
+        return self.users.env(component, sentinel=True)
 
     # --- topology ---------------------------------------------------------------------
 
@@ -454,20 +520,19 @@ class RedisSentinelCluster:
 
 
 class StandaloneRedis:
-    """One password-protected redis-server for REDIS_MODE=standalone."""
+    """One redis-server with the project's ACL users for REDIS_MODE=standalone."""
 
     def __init__(
         self,
         workdir: str | Path | None = None,
         *,
-        password: str | None = None,
         restart: bool = False,
     ) -> None:
         self._workdir = ScratchDir(workdir, "redis-standalone-")
         self.workdir = self._workdir.path
-        self.password = password or secrets.token_urlsafe(16)
+        self.users = Users()
         (port,) = free_ports(1)
-        self.node = RedisNode("redis", port, self.workdir / "redis", self.password, restart=restart)
+        self.node = RedisNode("redis", port, self.workdir / "redis", self.users, restart=restart)
 
     @property
     def address(self) -> Address:
@@ -500,15 +565,19 @@ class StandaloneRedis:
     def identities(self) -> set[ProcessIdentity]:
         return self.node.process.identities()
 
-    def client(self) -> redis_py.Redis:
-        return self.node.client()
+    def client(self, user: str = ADMIN_USER) -> redis_py.Redis:
+        return self.node.client(user)
 
-    def env(self) -> dict[str, str]:
+    def env(self, component: str = DEFAULT_COMPONENT) -> dict[str, str]:
         return {
             "REDIS_MODE": "standalone",
             "REDIS_ADDRESS": format_address(self.address),
-            "REDIS_PASSWORD": self.password,
+            **self.credentials(component),
         }
+
+    def credentials(self, component: str) -> dict[str, str]:
+        """The Redis user of one component."""
+        return self.users.env(component, sentinel=False)
 
     def kill(self, signum: int = signal.SIGKILL) -> None:
         self.node.process.kill(signum)

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import httpx
 
+from {{ cookiecutter.package_name }}.api.keys import KeyDocument, Scope, new_entry
 from tests.harness.api import ApiClient
 from tests.harness.databases import Database
 from tests.harness.ports import LOOPBACK, free_port{% if cookiecutter.use_flower == "yes" %}, wait_for_port{% endif %}
@@ -114,6 +115,9 @@ class Stack:
         self.flower_auth = ("admin", secrets.token_urlsafe(12))
 {%- endif %}
         self.package = package_name()
+        # The API's key file (re-read on change): `api_key` holds every scope.
+        self.api_keys_file = self.run_dir / "api-keys.json"
+        self.api_key = self.add_api_key("harness", tuple(Scope))
         self.env = self._environment()
         self.processes: dict[str, SupervisedProcess] = {}
 
@@ -135,6 +139,7 @@ class Stack:
         env.update(self.redis.env())
         env.update(self.database.env())
         env["API_BIND"] = f"{LOOPBACK}:{self.api_port}"
+        env["API_KEYS_FILE"] = str(self.api_keys_file)
 {%- if cookiecutter.use_sentry == "yes" %}
         env["SENTRY_DSN"] = ""
 {%- endif %}
@@ -175,7 +180,8 @@ class Stack:
         return SupervisedProcess(
             name or "-".join([kind, *args]),
             ["bash", str(script), *args],
-            env={**self.env, **(env or {})},
+            # Each component as its own Redis user (deploy/redis/users.acl).
+            env={**self.env, **self.redis.credentials(kind), **(env or {})},
             cwd=self.run_dir,
             log_dir=self.log_dir,
             restart=restart,
@@ -335,8 +341,19 @@ class Stack:
     def identities(self) -> set[ProcessIdentity]:
         return {i for process in self.processes.values() for i in process.identities()}
 
-    def api_client(self, timeout: float = 30) -> ApiClient:
-        return ApiClient(self.api_url, timeout=timeout)
+    def add_api_key(self, name: str, scopes: Iterable[Scope]) -> str:
+        """A new key in the API's key file (live within a second); returns the key."""
+        path = self.api_keys_file
+        document = KeyDocument.model_validate_json(path.read_text()) if path.exists() else None
+        document = document or KeyDocument()
+        key, entry = new_entry(name, tuple(scopes))
+        document.keys.append(entry)
+        path.write_text(document.model_dump_json())
+        return key
+
+    def api_client(self, timeout: float = 30, api_key: str | None = None) -> ApiClient:
+        """A client with the all-scopes key, or with `api_key`."""
+        return ApiClient(self.api_url, timeout=timeout, api_key=api_key or self.api_key)
 
     def celery(self, *args: str, timeout: float = 60) -> str:
         """Run `celery --app <package>.celery_app ARGS` with the stack's environment."""

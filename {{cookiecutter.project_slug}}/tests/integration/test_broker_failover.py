@@ -45,7 +45,9 @@ own = "kombu.transport.redis:" + ("SentinelTransport" if sentinel else "Transpor
 held = {}
 for name, transport in (("project", None), ("kombu", own)):
     connection = app.connection_for_read(transport=transport)
-    queue = Queue(f"pubsub-probe-{name}", Exchange(f"pubsub-probe-{name}", type="fanout"),
+    # Throwaway queues named like event receivers' (celeryev.*): a worker's Redis user
+    # may use those keys and no others outside the project's queues (users.acl).
+    queue = Queue(f"celeryev.pubsub-probe-{name}", Exchange(f"pubsub-probe-{name}", type="fanout"),
                   auto_delete=True)
     Consumer(connection.default_channel, [queue], callbacks=[lambda body, message: None],
              no_ack=True).consume()
@@ -144,15 +146,15 @@ from PACKAGE.celery_app import app
 
 held = {}
 for name, transport in (("kombu", "kombu.transport.redis:SentinelTransport"), ("project", None)):
-    queue = Queue(f"failover-probe-{name}", Exchange(f"failover-probe-{name}"), name)
+    queue = Queue(f"celeryev.failover-probe-{name}", Exchange(f"failover-probe-{name}"), name)
     connection = app.connection_for_read(transport=transport)
     gossip = gossip_consumer = None
     if WITH_GOSSIP:
         # Gossip's channel: opened before the task channel, consuming worker events from an
         # auto-delete fanout queue without acknowledgements.
         gossip = connection.channel()
-        events = Queue(f"failover-gossip-{name}", Exchange("failover-events", type="fanout"),
-                       auto_delete=True)
+        events = Queue(f"celeryev.failover-gossip-{name}",
+                       Exchange("failover-events", type="fanout"), auto_delete=True)
         gossip_consumer = Consumer(gossip, [events], callbacks=[lambda body, message: None],
                                    no_ack=True)
         gossip_consumer.consume()
@@ -161,8 +163,8 @@ for name, transport in (("kombu", "kombu.transport.redis:SentinelTransport"), ("
         {"n": name}, exchange=queue.exchange, routing_key=name, declare=[queue]
     )
     # Beside its task queue a worker consumes a fanout queue that is deleted on close.
-    broadcast = Queue(f"failover-broadcast-{name}", Exchange("failover-bcast", type="fanout"),
-                      auto_delete=True)
+    broadcast = Queue(f"celeryev.failover-broadcast-{name}",
+                      Exchange("failover-bcast", type="fanout"), auto_delete=True)
     Consumer(channel, [queue, broadcast], callbacks=[lambda body, message: None]).consume()
     connection.drain_events(timeout=5)  # delivered, not acknowledged
     channel._brpop_start()  # the read the worker's event loop leaves pending

@@ -6,14 +6,21 @@ import os
 import tempfile
 from collections.abc import Iterator
 
-# Before the package reads its settings: a scratch ledger for this test run.
-os.environ["DATABASE_URL"] = f"sqlite:///{tempfile.mkdtemp(prefix='ledger-unit-')}/ledger.db"
+# Before the package reads its settings: a scratch ledger and key file for this test run.
+os.environ["UNIT_SCRATCH_DIR"] = tempfile.mkdtemp(prefix="ledger-unit-")
+os.environ["DATABASE_URL"] = f"sqlite:///{os.environ['UNIT_SCRATCH_DIR']}/ledger.db"
+os.environ["API_KEYS_FILE"] = f"{os.environ['UNIT_SCRATCH_DIR']}/api-keys.json"
+os.environ["ENVIRONMENT"] = "test"
+# TestClient's host (http://testserver).
+os.environ["API_TRUSTED_HOSTS"] = "testserver"
+os.environ["API_KEYS"] = ""  # the project's .env has the compose stack's keys
 
 import pytest
 from alembic import command
 from celery import Celery
 from fastapi.testclient import TestClient
 
+from {{ cookiecutter.package_name }}.api.keys import main as keys_cli
 from {{ cookiecutter.package_name }}.celery_app import app
 from {{ cookiecutter.package_name }}.ledger.migrate import alembic_config
 
@@ -43,9 +50,33 @@ def eager(celery_app: Celery) -> Iterator[Celery]:
         celery_app.conf.update(task_always_eager=False)
 
 
+def create_key(name: str, *scopes: str) -> str:
+    """A key in the unit tier's key file, made by the real CLI (which prints it once)."""
+    import contextlib
+    import io
+
+    printed = io.StringIO()
+    arguments = ["create", name, *(f"--scope={scope}" for scope in scopes)]
+    with contextlib.redirect_stdout(printed):
+        assert keys_cli(arguments) == 0
+    return printed.getvalue().strip()
+
+
+ADMIN_KEY = create_key(
+    "unit-admin",
+    "tasks:submit",
+    "tasks:read",
+    "tasks:cancel",
+    "tasks:admin",
+    "deadletters:read",
+    "deadletters:replay",
+)
+
+
 @pytest.fixture
 def client() -> Iterator[TestClient]:
+    """The API with every scope (X-API-Key of the admin key)."""
     from {{ cookiecutter.package_name }}.api.app import create_app
 
-    with TestClient(create_app()) as test_client:
+    with TestClient(create_app(), headers={"X-API-Key": ADMIN_KEY}) as test_client:
         yield test_client

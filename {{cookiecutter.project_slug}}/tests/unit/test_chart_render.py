@@ -7,6 +7,7 @@ cluster. Wiring between objects (references, selectors, policies) is test_chart_
 from __future__ import annotations
 
 import base64
+import json
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -23,6 +24,7 @@ from tests.harness.chart import (
     of_kind,
     pod_spec,
     render,
+    render_error,
     workloads,
 )
 
@@ -39,6 +41,7 @@ def default_objects() -> set[tuple[str, str]]:
         ("ServiceAccount", FULLNAME),
         ("ConfigMap", f"{FULLNAME}-app"),
         ("Secret", f"{FULLNAME}-app"),
+        ("Secret", f"{FULLNAME}-api-keys"),
         ("Secret", f"{FULLNAME}-database"),
         ("Secret", f"{FULLNAME}-redis"),
         ("ConfigMap", f"{FULLNAME}-redis-scripts"),
@@ -400,6 +403,7 @@ def test_no_secret_appears_in_plain_text() -> None:
 def test_existing_secrets_replace_the_generated_ones() -> None:
     values = {
         "app": {"existingSecret": "my-app"},
+        "api": {"auth": {"keysSecret": "my-keys"}},
         "redis": {"auth": {"existingSecret": "my-redis"}},
         "database": {"external": {"url": "", "existingSecret": "my-db", "urlKey": "dsn"}},
 {%- if cookiecutter.use_flower == "yes" %}
@@ -533,3 +537,40 @@ def test_the_in_chart_database_is_one_pod_with_its_own_generated_password() -> N
     url = base64.b64decode(secret["url"]).decode()
     assert len(password) >= 16
     assert f":{password}@{FULLNAME}-db:" in url
+
+
+def test_the_api_reads_its_keys_from_a_mounted_file_and_its_bounds_from_values() -> None:
+    entry = {"name": "ci", "sha256": "a" * 64, "scopes": ["tasks:submit"]}
+    objects = render({"api": {"auth": {"keys": [entry]}, "maxBacklog": {"low": 7}}})
+    document = find(objects, "Secret", f"{FULLNAME}-api-keys")["stringData"]["keys.json"]
+    assert json.loads(document) == {"keys": [entry]}
+    deployment = find(objects, "Deployment", f"{FULLNAME}-api")
+    api = containers(deployment)[-1]
+    env = {e["name"]: e.get("value") for e in api["env"]}
+    assert env["API_KEYS_FILE"] == "/run/secrets/api-keys/keys.json"
+    assert env["API_MAX_BACKLOG_LOW"] == "7"
+    assert f"{FULLNAME}-api" in env["API_TRUSTED_HOSTS"].split(",")
+    assert "API_OIDC_ISSUER" not in env
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["api-keys"]["secret"]["secretName"] == f"{FULLNAME}-api-keys"
+    mounts = {m["name"]: m for m in api["volumeMounts"]}
+    assert mounts["api-keys"] == {
+        "name": "api-keys",
+        "mountPath": "/run/secrets/api-keys",
+        "readOnly": True,
+    }
+
+
+@pytest.mark.parametrize(
+    ("values", "named"),
+    [
+        (
+            {"api": {"auth": {"keys": [{"name": "x", "sha256": "b" * 64, "scopes": ["all"]}]}}},
+            "/api/auth/keys/0/scopes/0",
+        ),
+        ({"api": {"auth": {"oidc": {"issuer": "https://id.example"}}}}, "api.auth.oidc"),
+        ({"api": {"rateLimit": "lots"}}, "/api/rateLimit"),
+    ],
+)
+def test_bad_access_values_fail_with_the_key_named(values: dict[str, Any], named: str) -> None:
+    assert named in render_error(values)

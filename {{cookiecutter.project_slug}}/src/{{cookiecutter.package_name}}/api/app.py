@@ -7,14 +7,21 @@ from contextlib import asynccontextmanager
 
 from celery.result import denied_join_result
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
 
+from {{ cookiecutter.package_name }}.api.admission import Backlog, RateLimit
+from {{ cookiecutter.package_name }}.api.auth import Authenticator
 from {{ cookiecutter.package_name }}.api.catalog import TaskCatalog
 from {{ cookiecutter.package_name }}.api.dispatch import BrokerUnavailable, LedgerUnavailable
+from {{ cookiecutter.package_name }}.api.docs import add_docs
+from {{ cookiecutter.package_name }}.api.errors import COMMON_RESPONSES, add_error_handlers
 from {{ cookiecutter.package_name }}.api.middleware import (
     BodySizeLimitMiddleware,
     RequestContextMiddleware,
+    SecurityHeadersMiddleware,
+    StrictJsonMiddleware,
+    TrustedHostMiddleware,
 )
+from {{ cookiecutter.package_name }}.api.responses import ErrorResponse
 from {{ cookiecutter.package_name }}.api.routers import deadletters, health, tasks
 from {{ cookiecutter.package_name }}.celery_app import app as celery_app
 from {{ cookiecutter.package_name }}.observability.logging import configure_logging
@@ -32,15 +39,38 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 {%- if cookiecutter.use_sentry == "yes" %}
     init_sentry(settings, "api")
 {%- endif %}
-    api = FastAPI(title="{{ cookiecutter.project_name }}", version="0.1.0", lifespan=_lifespan)
+    api = FastAPI(
+        title="{{ cookiecutter.project_name }}",
+        version="0.1.0",
+        lifespan=_lifespan,
+        responses=COMMON_RESPONSES,
+        # Swagger UI comes from docs.py (no CDN); ReDoc is not served.
+        docs_url=None,
+        redoc_url=None,
+        openapi_url="/openapi.json" if settings.api_docs else None,
+    )
     api.state.settings = settings
     api.state.celery = celery_app
     api.state.catalog = TaskCatalog(celery_app, settings.api_task_allowlist)
+    api.state.authenticator = Authenticator(settings)
+    api.state.rate_limit = RateLimit(celery_app, settings)
+    api.state.backlog = Backlog(celery_app, settings)
     api.include_router(tasks.router)
     api.include_router(deadletters.router)
     api.include_router(health.router)
+    if settings.api_docs:
+        add_docs(api)
+    # Added innermost first: the request context sees (and counts) every answer.
+    api.add_middleware(StrictJsonMiddleware)
     api.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.api_max_body_bytes)
+    api.add_middleware(
+        TrustedHostMiddleware,
+        allowed_hosts=settings.api_trusted_hosts,
+        exempt_paths=health.PLATFORM_PATHS,
+    )
+    api.add_middleware(SecurityHeadersMiddleware)
     api.add_middleware(RequestContextMiddleware)
+    add_error_handlers(api)
     api.add_exception_handler(BrokerUnavailable, _unavailable)
     api.add_exception_handler(LedgerUnavailable, _unavailable)
     return api
@@ -57,13 +87,9 @@ async def _lifespan(api: FastAPI) -> AsyncIterator[None]:
         yield
 
 
-async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
+async def _unavailable(request: Request, exc: Exception) -> ErrorResponse:
     """A dependency is down and nothing was accepted: 503 with the reason."""
-    return JSONResponse(
-        status_code=503,
-        content={"detail": str(exc)},
-        headers={"Retry-After": RETRY_AFTER_SECONDS},
-    )
+    return ErrorResponse.of(request.scope, 503, str(exc), {"Retry-After": RETRY_AFTER_SECONDS})
 
 
 app = create_app()

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import inspect
 import typing
+from fnmatch import fnmatchcase
 from typing import Any
 
 from celery import Celery, Task
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+
+from {{ cookiecutter.package_name }}.queues import API_QUEUE_CHOICES
 
 
 class SubmissionRejected(Exception):
@@ -21,6 +24,7 @@ class SubmissionRejected(Exception):
 class TaskCatalog:
     def __init__(self, app: Celery, allowlist: tuple[str, ...]) -> None:
         app.loader.import_default_modules()
+        self._app = app
         unknown = [name for name in allowlist if name not in app.tasks]
         if unknown:
             raise RuntimeError(f"API_TASK_ALLOWLIST names unregistered tasks: {unknown}")
@@ -38,6 +42,22 @@ class TaskCatalog:
             )
         return self._tasks[name]
 
+    def queue(self, name: str, requested: str | None) -> str:
+        """The task's routed queue, or the one asked for if API_QUEUE_CHOICES allows it."""
+        routed: str = self._app.amqp.router.route({}, name)["queue"].name
+        if requested is None or requested == routed:
+            return routed
+        allowed = next(
+            (queues for pattern, queues in API_QUEUE_CHOICES.items() if fnmatchcase(name, pattern)),
+            (),
+        )
+        if requested not in allowed:
+            raise SubmissionRejected(
+                f"task {name!r} runs on queue {routed!r} and may not be moved to {requested!r}"
+                f" (allowed: {', '.join(allowed) or 'none'}; see API_QUEUE_CHOICES)"
+            )
+        return requested
+
     def validate(self, name: str, args: list[Any], kwargs: dict[str, Any]) -> dict[str, Any]:
         """Bind args/kwargs to the task's parameters and check them; returns JSON kwargs."""
         task = self.task(name)
@@ -53,7 +73,15 @@ class TaskCatalog:
                 for error in exc.errors()
             )
             raise SubmissionRejected(f"invalid arguments for {name}: {problems}") from exc
-        return model.model_dump(mode="json")
+        arguments = model.model_dump(mode="json")
+        try:
+            # Rules across arguments (tasks/base.py: ReliableTask.check_arguments).
+            check = getattr(task, "check_arguments", None)
+            if check is not None:
+                check(arguments)
+        except ValueError as exc:
+            raise SubmissionRejected(f"invalid arguments for {name}: {exc}") from exc
+        return arguments
 
 
 def _argument_model(task: Task) -> type[BaseModel]:  # type: ignore[type-arg]

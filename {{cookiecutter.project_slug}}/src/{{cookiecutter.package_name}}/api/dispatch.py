@@ -16,6 +16,7 @@ from celery import Celery
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from {{ cookiecutter.package_name }}.api.admission import Backlog
 from {{ cookiecutter.package_name }}.api.catalog import SubmissionRejected, TaskCatalog
 from {{ cookiecutter.package_name }}.api.schemas import TaskSubmission
 from {{ cookiecutter.package_name }}.ledger.db import session_scope
@@ -53,20 +54,26 @@ def ledger_session() -> Iterator[Session]:
 def dispatch(
     app: Celery,
     catalog: TaskCatalog,
+    backlog: Backlog,
     settings: Settings,
     submission: TaskSubmission,
+    *,
     request_id: str | None,
+    submitted_by: str,
 ) -> TaskRecord:
-    """Validate, then write the row and publish after it is durable."""
+    """Validate, admit (the queue's backlog), then write the row and publish after it."""
     task = catalog.task(submission.name)
     kwargs = catalog.validate(submission.name, submission.args, submission.kwargs)
+    queue = catalog.queue(task.name, submission.queue)
     _refuse_long_delays(submission, settings)
+    backlog.admit(queue)
     with ledger_errors():
         return submit(
             app,
             task.name,
             kwargs,
-            queue=submission.queue,
+            queue=queue,
+            submitted_by=submitted_by,
             countdown=submission.countdown,
             eta=submission.eta,
             priority=submission.priority,

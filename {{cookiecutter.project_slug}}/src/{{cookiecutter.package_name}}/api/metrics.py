@@ -23,7 +23,7 @@ from {{ cookiecutter.package_name }}.ledger.db import session_scope
 from {{ cookiecutter.package_name }}.ledger.heartbeats import live_workers
 from {{ cookiecutter.package_name }}.ledger.models import RecoveryCount, TaskRecord
 from {{ cookiecutter.package_name }}.queues import QUEUE_NAMES
-from {{ cookiecutter.package_name }}.settings import get_settings
+from {{ cookiecutter.package_name }}.settings import Settings, get_settings
 
 HTTP_REQUESTS = Counter(
     "http_requests_total",
@@ -38,6 +38,31 @@ TASKS_SUBMITTED = Counter(
     "Task submissions by outcome: accepted, rejected (4xx) or broker_unavailable (503)",
     ["task", "outcome"],
 )
+AUTH_FAILURES = Counter(
+    "api_auth_failures_total",
+    "Requests refused by authentication (missing, unknown_key, invalid_token) or scope (forbidden)",
+    ["reason"],
+)
+SUBMISSIONS_REFUSED = Counter(
+    "api_submissions_refused_total",
+    "Requests refused by admission control: rate_limited (429) or a full queue's backlog (503)",
+    ["reason", "queue"],
+)
+
+# Label values a client cannot grow: any other task name or HTTP method is counted here.
+UNKNOWN = "unknown"
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def count_submission(settings: Settings, name: str, outcome: str) -> None:
+    """One submission in tasks_submitted_total; only allowlisted names get their own series."""
+    task = name if name in settings.api_task_allowlist else UNKNOWN
+    TASKS_SUBMITTED.labels(task, outcome).inc()
+
+
+def method_label(method: str) -> str:
+    """The request method as a label: the standard ones, anything else as `unknown`."""
+    return method if method in HTTP_METHODS else UNKNOWN
 
 
 class LedgerCollector(Collector):

@@ -2,18 +2,54 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Literal
+from datetime import UTC, datetime
+from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue, model_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    model_validator,
+)
 
 QueueName = Literal["high", "default", "low"]
+
+
+def _as_utc(value: datetime) -> datetime:
+    """The ledger stores naive UTC: an answer carries the zone (+00:00)."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _utc_representable(value: datetime) -> datetime:
+    """Refuse an eta whose UTC time falls outside year 1..9999 (0001-01-01T00:00+14:00)."""
+    try:
+        value.astimezone(UTC)
+    except OverflowError as exc:
+        raise ValueError("eta is out of range once converted to UTC") from exc
+    return value
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
+Eta = Annotated[AwareDatetime, AfterValidator(_utc_representable)]
 
 
 class TaskSubmission(BaseModel):
     """POST /api/v1/tasks: which allowlisted task to run, with what, where and when."""
 
-    model_config = ConfigDict(extra="forbid")
+    # Both delays at once is a 422 (the validator below): the schema says so too.
+    model_config = ConfigDict(
+        extra="forbid",
+        allow_inf_nan=False,
+        json_schema_extra={
+            "not": {
+                "required": ["countdown", "eta"],
+                "properties": {"countdown": {"type": "number"}, "eta": {"type": "string"}},
+            }
+        },
+    )
 
     name: str = Field(min_length=1, max_length=200, examples=["demo.echo"])
     args: list[JsonValue] = Field(default_factory=list, max_length=64)
@@ -22,7 +58,7 @@ class TaskSubmission(BaseModel):
     )
     queue: QueueName | None = Field(default=None, description="Override the routed queue")
     countdown: float | None = Field(default=None, ge=0, description="Delay in seconds")
-    eta: AwareDatetime | None = Field(default=None, description="Earliest run time (with zone)")
+    eta: Eta | None = Field(default=None, description="Earliest run time (with zone)")
     priority: int | None = Field(default=None, ge=0, le=9, description="0 = most urgent")
 
     @model_validator(mode="after")
@@ -55,11 +91,12 @@ class TaskStatus(BaseModel):
     result: JsonValue = None
     progress: dict[str, JsonValue] | None = None
     error: TaskError | None = None
-    created_at: datetime | None = None
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-    date_done: datetime | None = None
+    created_at: UtcDatetime | None = None
+    started_at: UtcDatetime | None = None
+    finished_at: UtcDatetime | None = None
+    date_done: UtcDatetime | None = None
     replay_of: str | None = None
+    submitted_by: str | None = Field(default=None, description="The API caller that submitted it")
 
 
 class TaskCancelled(BaseModel):
@@ -74,4 +111,11 @@ class DeadLetter(BaseModel):
     state: str
     attempts: int
     last_error: str | None
-    finished_at: datetime | None
+    finished_at: UtcDatetime | None
+
+
+class ErrorBody(BaseModel):
+    """Every error answer: the reason (a text, or the validation errors) and the request id."""
+
+    detail: str | list[dict[str, JsonValue]]
+    request_id: str = Field(description="Also in the X-Request-ID header, logs and the ledger")

@@ -20,7 +20,12 @@ from collections.abc import Sequence
 from sqlalchemy import delete, select
 
 from {{ cookiecutter.package_name }}.ledger.db import session_scope
-from {{ cookiecutter.package_name }}.ledger.deadletters import NotReplayable, list_dead, replay
+from {{ cookiecutter.package_name }}.ledger.deadletters import (
+    NotReplayable,
+    UnknownTask,
+    list_dead,
+    replay,
+)
 from {{ cookiecutter.package_name }}.ledger.models import PeriodicTask
 from {{ cookiecutter.package_name }}.schedule import celery_schedule
 
@@ -74,7 +79,7 @@ def _dead(options: argparse.Namespace) -> int:
     try:
         with session_scope() as session:
             record = replay(session, app, options.task_id)
-    except NotReplayable as exc:
+    except (NotReplayable, UnknownTask) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"replayed as {record.id} ({record.state})")

@@ -8,12 +8,12 @@ which no worker consumes unless an operator starts one with `-Q dead`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from typing import Any
 
 from celery import Celery
 from celery.result import denied_join_result
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from {{ cookiecutter.package_name }}.ledger.models import TaskRecord, TaskState
@@ -25,8 +25,16 @@ logger = logging.getLogger(__name__)
 REPLAYABLE_STATES = (TaskState.DEAD, TaskState.FAILED)
 
 
+class UnknownTask(LookupError):
+    """No ledger row has this id."""
+
+
 class NotReplayable(Exception):
-    """The task is unknown or did not end in DEAD/FAILED."""
+    """The task did not end in DEAD/FAILED."""
+
+
+class NotAllowed(Exception):
+    """The caller may not run this task (it is not in the allowlist it gave)."""
 
 
 def send_to_dead_queue(
@@ -59,12 +67,43 @@ def list_dead(session: Session, limit: int = 50, offset: int = 0) -> Sequence[Ta
     ).all()
 
 
-def replay(session: Session, app: Celery, task_id: str) -> TaskRecord:
-    """A fresh attempt under a new id; the dead row is kept as history (`replay_of`)."""
-    dead = session.get(TaskRecord, task_id)
-    if dead is None or dead.state not in REPLAYABLE_STATES:
-        state = "unknown" if dead is None else dead.state
-        raise NotReplayable(f"task {task_id} is {state}; only DEAD or FAILED tasks replay")
+def replay(
+    session: Session,
+    app: Celery,
+    task_id: str,
+    *,
+    allowed: Container[str] | None = None,
+    submitted_by: str | None = None,
+) -> TaskRecord:
+    """A fresh attempt under a new id; the dead row is kept as history (`replay_of`).
+
+    Idempotent: the dead row is locked while it is looked at, so of concurrent replays
+    one creates the new run and the others get that same run back (SQLite serialises its
+    writers instead). `allowed`: the task names the caller may run (the API's allowlist).
+    """
+    if session.get_bind().dialect.name == "sqlite":
+        # No row locks in SQLite (FOR UPDATE is dropped): a no-op UPDATE as the first
+        # statement takes its one write lock, so concurrent replays run one after another.
+        session.execute(
+            update(TaskRecord)
+            .where(TaskRecord.id == task_id)
+            .values(updated_at=TaskRecord.updated_at)
+            .execution_options(synchronize_session=False)
+        )
+    dead = session.scalars(
+        select(TaskRecord).where(TaskRecord.id == task_id).with_for_update()
+    ).one_or_none()
+    if dead is None:
+        raise UnknownTask(f"no task with id {task_id}")
+    if dead.state not in REPLAYABLE_STATES:
+        raise NotReplayable(f"task {task_id} is {dead.state}; only DEAD or FAILED tasks replay")
+    if allowed is not None and dead.name not in allowed:
+        raise NotAllowed(f"task {dead.name!r} is not in the API's allowlist; replay it by hand")
+    earlier = session.scalars(
+        select(TaskRecord).where(TaskRecord.replay_of == dead.id).order_by(TaskRecord.created_at)
+    ).first()
+    if earlier is not None:
+        return earlier
     return enqueue(
         session,
         app,
@@ -73,4 +112,5 @@ def replay(session: Session, app: Celery, task_id: str) -> TaskRecord:
         queue=dead.queue,
         priority=dead.priority,
         replay_of=dead.id,
+        submitted_by=submitted_by,
     )

@@ -59,6 +59,9 @@ class TaskRecord(Base):
     # The worker process that claimed the row last (WorkerHeartbeat.incarnation).
     incarnation: Mapped[str | None] = mapped_column(String(32), default=None)
     request_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    # Who submitted it through the API (an API key's name, or "oidc:<subject>"): only
+    # they, or a caller with the tasks:admin scope, may read or cancel it.
+    submitted_by: Mapped[str | None] = mapped_column(String(200), default=None)
     replay_of: Mapped[str | None] = mapped_column(String(36), default=None, index=True)
     created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow, onupdate=utcnow)
@@ -104,6 +107,10 @@ class RecoveryCount(Base):
     count: Mapped[int] = mapped_column(Integer, default=0)
 
 
+# demo.record_effect's key must fit (tasks/demo.py bounds the argument with it).
+EFFECT_KEY_LENGTH = 200
+
+
 class DemoEffect(Base):
     """What `demo.record_effect` writes: one row per committed execution, keyed by task id.
 
@@ -115,7 +122,7 @@ class DemoEffect(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     task_id: Mapped[str] = mapped_column(String(36), index=True)
-    key: Mapped[str] = mapped_column(String(200))
+    key: Mapped[str] = mapped_column(String(EFFECT_KEY_LENGTH))
     created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
 
 

@@ -49,6 +49,7 @@ class SendOptions(TypedDict, total=False):
     priority: int | None
     request_id: str | None
     replay_of: str | None
+    submitted_by: str | None
 
 
 def new_row(
@@ -75,6 +76,7 @@ def new_row(
         "dispatches": 0,
         "request_id": options.get("request_id"),
         "replay_of": options.get("replay_of"),
+        "submitted_by": options.get("submitted_by"),
         "created_at": now,
         "updated_at": now,
     }

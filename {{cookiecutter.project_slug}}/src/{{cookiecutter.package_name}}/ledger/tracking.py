@@ -16,13 +16,11 @@ from sqlalchemy.orm import Session
 
 from {{ cookiecutter.package_name }}.ledger import statements
 from {{ cookiecutter.package_name }}.ledger.db import changed_rows, retry_on_disconnect, single_statement
+from {{ cookiecutter.package_name }}.ledger.error_text import clean
 from {{ cookiecutter.package_name }}.ledger.heartbeats import INCARNATION
 from {{ cookiecutter.package_name }}.ledger.models import FINAL_STATES, TaskRecord, TaskState, utcnow
 
 logger = logging.getLogger(__name__)
-
-# Room for a traceback's last lines, small enough for any TEXT column.
-ERROR_LENGTH = 4000
 
 
 class Claim(Enum):
@@ -81,7 +79,7 @@ def claim(task_id: str, worker: str | None, retry_of: int | None = None) -> tupl
 
 def record_retry(task_id: str, error: str, delay: float) -> None:
     """RETRY, due in `delay` seconds: written before the retry message is sent."""
-    params = {"task_id": task_id, "error": error[:ERROR_LENGTH], "delay": delay}
+    params = {"task_id": task_id, "error": clean(error), "delay": delay}
     try:
         with single_statement() as connection:
             connection.execute(statements.MARK_RETRY, params)
@@ -135,7 +133,7 @@ def mark(
     params = {
         "task_id": task_id,
         "state": state,
-        "error": None if error is None else error[:ERROR_LENGTH],
+        "error": None if error is None else clean(error),
         "finished_at": utcnow() if state in FINAL_STATES else None,
     }
     return changed_rows(session, statements.MARK, params) > 0

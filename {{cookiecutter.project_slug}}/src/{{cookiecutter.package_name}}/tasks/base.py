@@ -14,6 +14,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from {{ cookiecutter.package_name }}.ledger.deadletters import send_to_dead_queue
+from {{ cookiecutter.package_name }}.ledger.error_text import describe
 from {{ cookiecutter.package_name }}.ledger.models import TaskState
 from {{ cookiecutter.package_name }}.ledger.tracking import (
     Claim,
@@ -57,6 +58,10 @@ class ReliableTask(Task):  # type: ignore[type-arg]
     typing = True
     # R21: deliveries of tasks the ledger already finished are dropped before they run.
     Request = "{{ cookiecutter.package_name }}.tasks.request:LedgerRequest"
+
+    def check_arguments(self, arguments: dict[str, Any]) -> None:
+        """Rules across arguments that their annotations cannot state (the API calls this
+        after validating each one). Raise ValueError with the reason."""
 
     # --- R33: the ledger row follows every start and every outcome -----------------------
     def before_start(self, task_id: str, args: Any, kwargs: Any) -> None:
@@ -123,7 +128,7 @@ class ReliableTask(Task):  # type: ignore[type-arg]
         the row stays STARTED by this run, and that name is what lets the retry claim it.
         """
         if self.request.id is not None and not self.request.called_directly:
-            error = "retry requested" if exc is None else f"{type(exc).__name__}: {exc}"
+            error = "retry requested" if exc is None else describe(exc)
             record_retry(str(self.request.id), error, self._retry_delay(eta, countdown))
             attempt = getattr(self.request, _ATTEMPT, None)
             if attempt is not None:
@@ -167,14 +172,14 @@ class ReliableTask(Task):  # type: ignore[type-arg]
             extra={
                 "event": "task_retry",
                 "retries": self.request.retries,
-                "error": f"{type(exc).__name__}: {exc}",
+                "error": describe(exc),
             },
         )
 
     def on_failure(
         self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: ExceptionInfo
     ) -> None:
-        error = f"{type(exc).__name__}: {exc}"
+        error = describe(exc)
         dead = self._exhausted(exc)
         record_outcome(task_id, TaskState.DEAD if dead else TaskState.FAILED, error)
         if dead:
@@ -185,7 +190,7 @@ class ReliableTask(Task):  # type: ignore[type-arg]
             extra={
                 "event": "task_dead" if dead else "task_failed",
                 "retries": self.request.retries,
-                "error": f"{type(exc).__name__}: {exc}",
+                "error": describe(exc),
                 "traceback": str(einfo),
             },
         )

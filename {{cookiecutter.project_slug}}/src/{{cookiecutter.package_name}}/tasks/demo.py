@@ -16,14 +16,21 @@ from pydantic import Field
 
 from {{ cookiecutter.package_name }}.celery_app import app
 from {{ cookiecutter.package_name }}.ledger.db import session_scope
-from {{ cookiecutter.package_name }}.ledger.models import DemoEffect
+from {{ cookiecutter.package_name }}.ledger.models import EFFECT_KEY_LENGTH, DemoEffect
 from {{ cookiecutter.package_name }}.ledger.tracking import attempts_of
+from {{ cookiecutter.package_name }}.settings import get_settings
 from {{ cookiecutter.package_name }}.tasks.base import ReliableTask
 from {{ cookiecutter.package_name }}.tasks.errors import RetryableError
 
-Seconds = Annotated[float, Field(ge=0, le=600)]
+_settings = get_settings()
+# A task's own waiting ends before its soft time limit (a longer one could never succeed),
+Seconds = Annotated[float, Field(ge=0, lt=_settings.task_soft_time_limit)]
+# and a retry's countdown stays within the backoff cap the visibility timeout is checked against.
+Countdown = Annotated[float, Field(ge=0, le=_settings.task_retry_backoff_max)]
 Attempts = Annotated[int, Field(ge=0, le=20)]
 Text = Annotated[str, Field(max_length=10_000)]
+# A key is stored in demo_effects.key: no longer than that column.
+Key = Annotated[str, Field(min_length=1, max_length=EFFECT_KEY_LENGTH)]
 
 # R08: every task has an explicit, stable name; routes and the API allowlist use it.
 
@@ -61,7 +68,7 @@ def flaky(self: ReliableTask, failures: Attempts) -> int:
 
 
 @app.task(name="demo.retry_later", base=ReliableTask, bind=True)
-def retry_later(self: ReliableTask, failures: Attempts, countdown: Seconds) -> int:
+def retry_later(self: ReliableTask, failures: Attempts, countdown: Countdown) -> int:
     """Fail `failures` times and reschedule itself explicitly (manual retry, R13)."""
     if self.request.retries < failures:
         error = RetryableError(f"not ready yet ({self.request.retries + 1} of {failures})")
@@ -76,7 +83,7 @@ def fail(self: ReliableTask, reason: Text = "always fails") -> None:
 
 
 @app.task(name="demo.record_effect", base=ReliableTask, bind=True)
-def record_effect(self: ReliableTask, key: Text, seconds: Seconds = 0.0) -> str:
+def record_effect(self: ReliableTask, key: Key, seconds: Seconds = 0.0) -> str:
     """Wait, then write one side-effect row together with the ledger's SUCCEEDED (R21).
 
     The row and the state commit in one transaction, so a redelivery after a crash

@@ -8,10 +8,22 @@ from celery import chord
 from pydantic import Field
 
 from {{ cookiecutter.package_name }}.celery_app import app
+from {{ cookiecutter.package_name }}.settings import get_settings
 from {{ cookiecutter.package_name }}.tasks.base import ReliableTask
 
 Size = Annotated[int, Field(ge=1, le=10_000_000)]
 ChunkSize = Annotated[int, Field(ge=1, le=1_000_000)]
+MAX_CHUNKS = get_settings().report_max_chunks
+
+
+class ReportTask(ReliableTask):
+    def check_arguments(self, arguments: dict[str, Any]) -> None:
+        chunks = -(-arguments["size"] // arguments["chunk_size"])
+        if chunks > MAX_CHUNKS:
+            raise ValueError(
+                f"size {arguments['size']} in chunks of {arguments['chunk_size']} makes"
+                f" {chunks} subtasks; at most {MAX_CHUNKS} (raise chunk_size; REPORT_MAX_CHUNKS)"
+            )
 
 
 @app.task(name="demo.reports.sum_chunk", base=ReliableTask, bind=True)
@@ -34,7 +46,11 @@ def report_chord(size: int, chunk_size: int) -> chord:
     return chord(slices, combine.s())
 
 
-@app.task(name="demo.reports.build_report", base=ReliableTask, bind=True)
-def build_report(self: ReliableTask, size: Size, chunk_size: ChunkSize) -> Any:
-    """Replace itself with the chord: the slices run in parallel on every low worker."""
+@app.task(name="demo.reports.build_report", base=ReportTask, bind=True)
+def build_report(self: ReportTask, size: Size, chunk_size: ChunkSize) -> Any:
+    """Replace itself with the chord: the slices run in parallel on every low worker.
+
+    Too many slices is a final failure (ValueError is not retried), whoever sent it.
+    """
+    self.check_arguments({"size": size, "chunk_size": chunk_size})
     return self.replace(report_chord(size, chunk_size))

@@ -13,6 +13,8 @@ from {{ cookiecutter.package_name }}.api.metrics import render
 from {{ cookiecutter.package_name }}.ledger.db import session_scope
 
 router = APIRouter(tags=["health"])
+# Called by the platform (probes, scrapers) by pod address: any Host header is taken.
+PLATFORM_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 @router.get("/healthz")

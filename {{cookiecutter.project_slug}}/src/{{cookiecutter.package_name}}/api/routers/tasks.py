@@ -11,6 +11,8 @@ from celery.result import AsyncResult
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 from sqlalchemy import Row
 
+from {{ cookiecutter.package_name }}.api.admission import Backlog
+from {{ cookiecutter.package_name }}.api.auth import AUTH_RESPONSES, Principal, needs
 from {{ cookiecutter.package_name }}.api.catalog import SubmissionRejected, TaskCatalog
 from {{ cookiecutter.package_name }}.api.dispatch import (
     BROKER_ERRORS,
@@ -20,7 +22,8 @@ from {{ cookiecutter.package_name }}.api.dispatch import (
     ledger_errors,
     ledger_session,
 )
-from {{ cookiecutter.package_name }}.api.metrics import TASKS_SUBMITTED
+from {{ cookiecutter.package_name }}.api.keys import Scope
+from {{ cookiecutter.package_name }}.api.metrics import count_submission
 from {{ cookiecutter.package_name }}.api.schemas import (
     TaskAccepted,
     TaskCancelled,
@@ -37,7 +40,7 @@ from {{ cookiecutter.package_name }}.settings import Settings
 from {{ cookiecutter.package_name }}.tasks.base import PROGRESS
 from {{ cookiecutter.package_name }}.tasks.cancel import request_abort
 
-router = APIRouter(prefix="/api/v1/tasks", tags=["tasks"])
+router = APIRouter(prefix="/api/v1/tasks", tags=["tasks"], responses=AUTH_RESPONSES)
 
 RUNNING_STATES = frozenset({states.STARTED, PROGRESS})
 
@@ -57,6 +60,11 @@ def settings(request: Request) -> Settings:
     return found
 
 
+def backlog(request: Request) -> Backlog:
+    found: Backlog = request.app.state.backlog
+    return found
+
+
 CeleryDep = Annotated[Celery, Depends(celery_app)]
 UNAVAILABLE: dict[int | str, dict[str, Any]] = {
     503: {"description": "Ledger database or Redis unreachable"}
@@ -68,8 +76,11 @@ UNAVAILABLE: dict[int | str, dict[str, Any]] = {
     status_code=status.HTTP_202_ACCEPTED,
     responses={
         413: {"description": "Body too large"},
-        422: {"description": "Unknown task, bad arguments or delay too long"},
-        503: {"description": "Ledger database unreachable; nothing was queued"},
+        422: {"description": "Unknown task, bad arguments, queue not allowed or delay too long"},
+        503: {
+            "description": "The task's queue is full (see Retry-After), or the ledger database"
+            " is unreachable; nothing was queued"
+        },
     },
 )
 def submit_task(
@@ -78,18 +89,28 @@ def submit_task(
     response: Response,
     app: CeleryDep,
     tasks: Annotated[TaskCatalog, Depends(catalog)],
+    intake: Annotated[Backlog, Depends(backlog)],
     config: Annotated[Settings, Depends(settings)],
+    principal: Annotated[Principal, needs(Scope.TASKS_SUBMIT)],
 ) -> TaskAccepted:
     """202 once the ledger row is durable: PUBLISHED, or QUEUED if the broker was down."""
     try:
-        record = dispatch(app, tasks, config, submission, request_id_var.get())
+        record = dispatch(
+            app,
+            tasks,
+            intake,
+            config,
+            submission,
+            request_id=request_id_var.get(),
+            submitted_by=principal.name,
+        )
     except SubmissionRejected as exc:
-        TASKS_SUBMITTED.labels(submission.name[:64], "rejected").inc()
+        count_submission(config, submission.name, "rejected")
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=str(exc)) from exc
     except LedgerUnavailable:
-        TASKS_SUBMITTED.labels(submission.name, "ledger_unavailable").inc()
+        count_submission(config, submission.name, "ledger_unavailable")
         raise
-    TASKS_SUBMITTED.labels(record.name, record.state.lower()).inc()
+    count_submission(config, record.name, record.state.lower())
     return accepted(request, response, record)
 
 
@@ -98,10 +119,17 @@ def submit_task(
     name="get_task",
     responses={404: {"description": "Unknown task id"}, **UNAVAILABLE},
 )
-def get_task(task_id: uuid.UUID, app: CeleryDep) -> TaskStatus:
-    """The ledger's record (state, attempts, timestamps) plus Celery's state and result."""
+def get_task(
+    task_id: uuid.UUID,
+    app: CeleryDep,
+    principal: Annotated[Principal, needs(Scope.TASKS_READ)],
+) -> TaskStatus:
+    """The ledger's record (state, attempts, timestamps) plus Celery's state and result.
+
+    A caller sees its own tasks (tasks:admin sees all); another caller's is a 404.
+    """
     key = str(task_id)
-    record = _ledger_row(key)
+    record = _visible_row(key, principal)
     celery_state: str
     try:
         celery_state, info, date_done = _backend_status(app, key)
@@ -126,6 +154,7 @@ def get_task(task_id: uuid.UUID, app: CeleryDep) -> TaskStatus:
         finished_at=record.finished_at if record else None,
         date_done=date_done,
         replay_of=record.replay_of if record else None,
+        submitted_by=record.submitted_by if record else None,
     )
 
 
@@ -138,10 +167,14 @@ def get_task(task_id: uuid.UUID, app: CeleryDep) -> TaskStatus:
         **UNAVAILABLE,
     },
 )
-def cancel_task(task_id: uuid.UUID, app: CeleryDep) -> TaskCancelled:
+def cancel_task(
+    task_id: uuid.UUID,
+    app: CeleryDep,
+    principal: Annotated[Principal, needs(Scope.TASKS_CANCEL)],
+) -> TaskCancelled:
     """Revoke a task that has not started; ask a running one to abort at its next checkpoint."""
     key = str(task_id)
-    record = _ledger_row(key)
+    record = _visible_row(key, principal)
     try:
         celery_state = AsyncResult(key, app=app).state
         if record is None and celery_state == states.PENDING:
@@ -176,10 +209,17 @@ def accepted(request: Request, response: Response, record: TaskRecord) -> TaskAc
     )
 
 
-def _ledger_row(task_id: str) -> Row[Any] | None:
-    """The row's columns, read in one autocommit round trip."""
+def _visible_row(task_id: str, principal: Principal) -> Row[Any] | None:
+    """The row's columns (one autocommit round trip), if the caller may see it.
+
+    Another caller's task answers exactly as an unknown id does. A task with no row (a
+    subtask a worker sent) belongs to nobody: only tasks:admin sees it.
+    """
     with ledger_errors(), single_statement() as connection:
-        return connection.execute(statements.ROW, {"task_id": task_id}).one_or_none()
+        row = connection.execute(statements.ROW, {"task_id": task_id}).one_or_none()
+    if not principal.may_see(row.submitted_by if row else None):
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no task with id {task_id}")
+    return row
 
 
 def _backend_status(app: Celery, task_id: str) -> tuple[str, Any, datetime | None]:
