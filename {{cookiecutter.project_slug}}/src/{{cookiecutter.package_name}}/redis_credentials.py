@@ -1,7 +1,7 @@
 """Sentinel credentials that a worker's stats never show.
 
 A worker reports its broker connection, transport options included, to anyone who asks
-(`celery inspect stats`, Flower's /api/workers). Celery drops the URL's password from that
+(`celery inspect stats`, and any dashboard that shows it). Celery drops the URL's password from that
 report, but a password in `sentinel_kwargs` went out in clear. redis-py takes the
 credentials from a provider object instead; the object serialises as its user name only.
 """

@@ -19,6 +19,7 @@ from tests.harness.redis import (
     RedisNode,
     RedisSentinelCluster,
     StandaloneRedis,
+    acl_rules,
 )
 from tests.harness.stack import Stack
 
@@ -132,7 +133,7 @@ def test_sentinel_clients_can_find_the_master_and_nothing_more(
 
 
 def test_no_password_in_what_a_worker_reports(stack: Stack) -> None:
-    """`celery inspect stats` (what Flower's /api/workers?refresh=1 shows) from real workers."""
+    """`celery inspect stats` (what a dashboard of the workers shows) from real workers."""
     report = run_python(
         stack,
         "import json\n"
@@ -145,7 +146,7 @@ def test_no_password_in_what_a_worker_reports(stack: Stack) -> None:
         assert answer["broker"]["transport_options"], node  # the options are reported...
     secrets = {
         value
-        for component in ("api", "worker", "beat", "flower")
+        for component in acl_rules("redis")
         for name, value in stack.redis.credentials(component).items()
         if name.endswith("PASSWORD")
     }

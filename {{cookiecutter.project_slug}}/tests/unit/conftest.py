@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import tempfile
 from collections.abc import Iterator
@@ -50,16 +52,17 @@ def eager(celery_app: Celery) -> Iterator[Celery]:
         celery_app.conf.update(task_always_eager=False)
 
 
-def create_key(name: str, *scopes: str) -> str:
-    """A key in the unit tier's key file, made by the real CLI (which prints it once)."""
-    import contextlib
-    import io
-
+def keys_command(*arguments: str, code: int = 0) -> str:
+    """Run the real key CLI (api/keys.py), insist on its exit code; what it printed."""
     printed = io.StringIO()
-    arguments = ["create", name, *(f"--scope={scope}" for scope in scopes)]
-    with contextlib.redirect_stdout(printed):
-        assert keys_cli(arguments) == 0
+    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(io.StringIO()):
+        assert keys_cli(list(arguments)) == code
     return printed.getvalue().strip()
+
+
+def create_key(name: str, *scopes: str) -> str:
+    """A key in the unit tier's key file (API_KEYS_FILE); the CLI prints it once."""
+    return keys_command("create", name, *(f"--scope={scope}" for scope in scopes))
 
 
 ADMIN_KEY = create_key(

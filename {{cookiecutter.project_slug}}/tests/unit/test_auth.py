@@ -25,7 +25,7 @@ from {{ cookiecutter.package_name }}.celery_app import app as celery_app
 from {{ cookiecutter.package_name }}.ledger.db import session_scope
 from {{ cookiecutter.package_name }}.ledger.models import TaskRecord
 from {{ cookiecutter.package_name }}.settings import Settings, get_settings
-from tests.unit.conftest import create_key
+from tests.unit.conftest import create_key, keys_command
 
 pytestmark = pytest.mark.reliability("R48")
 
@@ -146,13 +146,7 @@ def test_swagger_shows_the_security_schemes() -> None:
 
 
 def _cli(path: Path, *arguments: str, code: int = 0) -> str:
-    import contextlib
-    import io
-
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(io.StringIO()):
-        assert keys_cli(["--file", str(path), *arguments]) == code
-    return printed.getvalue().strip()
+    return keys_command("--file", str(path), *arguments, code=code)
 
 
 # ---- OIDC bearer tokens ------------------------------------------------------------------

@@ -12,7 +12,8 @@ from {{ cookiecutter.package_name }}.settings import Settings
 from tests.harness.redis import acl_rules
 
 PUBLISHERS = ("api", "worker", "beat")
-MONITORS = ("flower", "exporter")
+# The dashboards' users: read-only on the task queues (`%R~` patterns).
+MONITORS = tuple(user for user, rules in acl_rules("redis").items() if "%R~" in rules)
 
 
 def test_every_task_queue_is_in_the_key_patterns_of_publishers_and_monitors() -> None:
