@@ -22,11 +22,14 @@ _settings = get_settings()
 
 
 def _transport_options() -> dict[str, Any]:
-    """What a Sentinel URL cannot carry: the master's name and the sentinels' password."""
+    """What a Sentinel URL cannot carry: the master's name and the sentinels' user."""
     if _settings.redis_mode != "sentinel":
         return {}
-    password = _settings.redis_sentinel_password.get_secret_value() or None
-    return {"master_name": _settings.redis_master_name, "sentinel_kwargs": {"password": password}}
+    sentinel_user = {
+        "username": _settings.redis_sentinel_username or None,
+        "password": _settings.redis_sentinel_password.get_secret_value() or None,
+    }
+    return {"master_name": _settings.redis_master_name, "sentinel_kwargs": sentinel_user}
 
 
 app = Celery("plain", broker=_settings.broker_url, backend=_settings.result_backend_url)

@@ -17,7 +17,7 @@ import pytest
 from tests.chaos.conftest import ChaosResults
 from tests.harness.api import ApiClient
 from tests.harness.databases import Database
-from tests.harness.probes import ledger_rows, parse_time, run_python, wait_ledger, wait_until
+from tests.harness.probes import ledger_rows, parse_time, wait_ledger, wait_until
 from tests.harness.processes import SupervisedProcess
 from tests.harness.stack import Stack, StackOptions
 
@@ -34,16 +34,6 @@ SETTINGS = {
 @pytest.fixture(scope="module")
 def stack_options() -> StackOptions:
     return StackOptions(env=dict(SETTINGS), groups=("default", "low"), beat=False)
-
-
-def overrun(stack: Stack, queue: str | None = None) -> str:
-    """A 6 s sleep, sent past the API (which keeps waits below the soft limit, R49)."""
-    code = (
-        f"from {stack.package}.celery_app import app\n"
-        f"from {stack.package}.ledger.publish import submit\n"
-        f"print(submit(app, 'demo.sleep', dict(seconds=6), queue={queue!r}).id)\n"
-    )
-    return run_python(stack, code).strip()
 
 
 def low_pool(stack: Stack) -> str:
@@ -104,12 +94,10 @@ def test_a_child_over_max_memory_per_child_is_replaced(stack: Stack, api: ApiCli
 
 
 @pytest.mark.reliability("R16")
-def test_the_soft_limit_stops_a_prefork_task(
-    stack: Stack, api: ApiClient, database: Database
-) -> None:
+def test_the_soft_limit_stops_a_prefork_task(api: ApiClient, database: Database) -> None:
     """A 6 s sleep on prefork: SoftTimeLimitExceeded is raised inside it after 2 s (the
     task does not catch it), so it fails then, with no retry."""
-    task_id = overrun(stack)
+    task_id = api.submit_ok("demo.sleep", {"seconds": 6})
     body = api.wait_for_state(task_id, "FAILURE", timeout=20)
     assert body["error"]["type"] == "SoftTimeLimitExceeded", body
     row = wait_ledger(database, task_id, {"FAILED"}, timeout=10)
@@ -132,7 +120,7 @@ def test_on_gevent_only_the_hard_limit_stops_a_cooperative_sleep(
         pytest.skip(f"the low worker group runs {low_pool(stack)}, not gevent")
     low = stack.worker("low")
     offset = low.log_size()
-    task_id = overrun(stack, queue="low")
+    task_id = api.submit_ok("demo.sleep", {"seconds": 6}, queue="low")
     body = api.wait_for_state(task_id, "FAILURE", timeout=20)
     assert body["error"]["type"] == "TimeLimitExceeded", body
     row = wait_ledger(database, task_id, {"FAILED", "DEAD"}, timeout=10)
