@@ -38,7 +38,7 @@ def _redis_connection_options() -> dict[str, Any]:
         options["master_name"] = _settings.redis_master_name
         # R31: Sentinel auth; redis-py stops copying socket_* options to sentinel
         # connections once sentinel_kwargs is given, so they are repeated here.
-        options["sentinel_kwargs"] = {**socket_options}
+        options["sentinel_kwargs"] = {**socket_options, **_sentinel_tls()}
         password = _settings.redis_sentinel_password.get_secret_value()
         if password or _settings.redis_sentinel_username:
             # A provider, not a password: worker stats show transport options in clear.
@@ -48,9 +48,18 @@ def _redis_connection_options() -> dict[str, Any]:
     return options
 
 
+def _sentinel_tls() -> dict[str, Any]:
+    """REDIS_TLS: the sentinels are asked over TLS too, verified like the Redis nodes."""
+    options = _settings.redis_tls_options()
+    return {"ssl": True, **options} if options else {}
+
+
 # --- Broker and result backend: Redis through Sentinel (R31) ----------------------------
 broker_url = _settings.broker_url
 result_backend = _settings.result_backend_url
+# R50: REDIS_TLS puts every connection to a Redis node on TLS, server verified (settings.py).
+broker_use_ssl = _settings.redis_tls_options() or False
+redis_backend_use_ssl = _settings.redis_tls_options() or None
 # R22: each result written in one round trip that never overwrites a SUCCESS (results.py).
 override_backends = {
     "redis": "{{ cookiecutter.package_name }}.results:OneTripRedisBackend",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import ssl
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -107,6 +108,13 @@ class Settings(BaseSettings):
     redis_socket_connect_timeout: float = Field(default=2.0, gt=0)
     # Ping idle connections this often so a dead master is noticed between commands.
     redis_health_check_interval: int = Field(default=10, ge=1)
+    # TLS on every Redis and Sentinel connection (`rediss://`, Sentinel over TLS): the
+    # servers' certificates are verified, host name included, against REDIS_TLS_CA_FILE
+    # (empty: the system's CAs). A client certificate and key go to servers that ask for one.
+    redis_tls: bool = False
+    redis_tls_ca_file: str = ""
+    redis_tls_cert_file: str = ""
+    redis_tls_key_file: str = ""
 
     # --- Ledger database -------------------------------------------------------------
 {%- if cookiecutter.database == "postgresql" %}
@@ -124,6 +132,12 @@ class Settings(BaseSettings):
     database_timeout: int = Field(default=5, ge=1)
     # Connections each process keeps open (as many again may open under a burst).
     database_pool_size: int = Field(default=10, ge=1)
+{%- if cookiecutter.database != "sqlite" %}
+    # TLS to the database, its certificate verified against this CA, host name included
+    # (PostgreSQL sslmode=verify-full; MySQL/MariaDB ssl with check_hostname). Empty: as
+    # DATABASE_URL says.
+    database_tls_ca_file: str = ""
+{%- endif %}
 
     # --- Ledger: attempts, reconcile, retention ---------------------------------------
     # Every start counts (first run, retries, redeliveries); past this the task is DEAD.
@@ -295,6 +309,28 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _tls_files_are_readable(self) -> Settings:
+        redis_files = {
+            "REDIS_TLS_CA_FILE": self.redis_tls_ca_file,
+            "REDIS_TLS_CERT_FILE": self.redis_tls_cert_file,
+            "REDIS_TLS_KEY_FILE": self.redis_tls_key_file,
+        }
+        given = [name for name, path in redis_files.items() if path]
+        if given and not self.redis_tls:
+            raise ValueError(f"{', '.join(given)} given but REDIS_TLS is off: set REDIS_TLS=true")
+        if bool(self.redis_tls_cert_file) != bool(self.redis_tls_key_file):
+            raise ValueError("a client certificate needs both REDIS_TLS_CERT_FILE and _KEY_FILE")
+{%- if cookiecutter.database != "sqlite" %}
+        files = {**redis_files, "DATABASE_TLS_CA_FILE": self.database_tls_ca_file}
+{%- else %}
+        files = redis_files
+{%- endif %}
+        for name, path in files.items():
+            if path and not os.access(path, os.R_OK):
+                raise ValueError(f"{name}: cannot read {path}")
+        return self
+
+    @model_validator(mode="after")
     def _access_is_consistent(self) -> Settings:
         if self.api_auth == "none" and self.environment != "development":
             raise ValueError(
@@ -351,8 +387,23 @@ class Settings(BaseSettings):
         password = quote(self.redis_password.get_secret_value(), safe="")
         auth = f"{username}:{password}@" if password or username else ""
         if self.redis_mode == "standalone":
-            return f"redis://{auth}{self.redis_address}/{db}"
+            scheme = "rediss" if self.redis_tls else "redis"
+            return f"{scheme}://{auth}{self.redis_address}/{db}"
         return ";".join(f"sentinel://{auth}{node}/{db}" for node in self.redis_sentinels)
+
+    def redis_tls_options(self) -> dict[str, Any]:
+        """redis-py's TLS arguments (kombu and Celery take the same); empty with TLS off."""
+        if not self.redis_tls:
+            return {}
+        options: dict[str, Any] = {
+            "ssl_cert_reqs": ssl.CERT_REQUIRED,
+            "ssl_check_hostname": True,
+            "ssl_ca_certs": self.redis_tls_ca_file or None,
+        }
+        if self.redis_tls_cert_file:
+            options["ssl_certfile"] = self.redis_tls_cert_file
+            options["ssl_keyfile"] = self.redis_tls_key_file
+        return options
 
     @property
     def broker_url(self) -> str:

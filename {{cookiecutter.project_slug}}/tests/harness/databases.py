@@ -3,7 +3,9 @@
 Servers run as plain processes on a free loopback port with their data in a temporary
 directory, and get a role `app` with a random password owning a database `app`. Setup SQL
 goes through the server's own client (psql, mariadb), so the harness needs no DB driver.
-`url` is the SQLAlchemy URL the project's DATABASE_URL expects.
+`url` is the SQLAlchemy URL the project's DATABASE_URL expects. With `tls=True` a server
+takes TCP clients over TLS only (tests/harness/tls.py), and `env()` tells the project to
+verify its certificate.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from tests.harness.processes import (
     run_command,
 )
 from tests.harness.scratch import ScratchDir
+from tests.harness.tls import Certificates
 
 APP_USER = "app"
 APP_DATABASE = "app"
@@ -93,11 +96,35 @@ class Database:
 class _ServerDatabase(Database):
     """A database server process of our own, its data in a private directory."""
 
-    def __init__(self, workdir: str | Path | None, prefix: str) -> None:
+    def __init__(self, workdir: str | Path | None, prefix: str, *, tls: bool = False) -> None:
         super().__init__(workdir, prefix)
         self.port = free_port()
         self._private: Path | None = None
         self._process: SupervisedProcess | None = None
+        self.tls = Certificates(self.workdir / "tls") if tls else None
+
+    def env(self) -> dict[str, str]:
+        env = super().env()
+        if self.tls is not None:
+            env["DATABASE_TLS_CA_FILE"] = str(self.tls.ca)
+        return env
+
+    def _server_certificate(self, owner: str | None) -> tuple[Path, Path]:
+        """The server's certificate and key, copied where its process (`owner`) reads them."""
+        assert self.tls is not None, "a server without tls=True has no certificate"
+        assert self._private is not None, "start() first"
+        directory = self._private / "tls"
+        directory.mkdir()
+        copies = []
+        for source in (self.tls.server_cert, self.tls.server_key):
+            copy = directory / source.name
+            shutil.copyfile(source, copy)
+            copy.chmod(0o600)
+            copies.append(copy)
+        if owner is not None:
+            for path in (directory, *copies):
+                shutil.chown(path, owner, owner)
+        return copies[0], copies[1]
 
     def _admin(self, *statements: str) -> str:
         """Run SQL through the server's own command-line client; its text output."""
@@ -122,8 +149,8 @@ class PostgresServer(_ServerDatabase):
 
     kind = "postgresql"
 
-    def __init__(self, workdir: str | Path | None = None) -> None:
-        super().__init__(workdir, "postgres-")
+    def __init__(self, workdir: str | Path | None = None, *, tls: bool = False) -> None:
+        super().__init__(workdir, "postgres-", tls=tls)
         self._psql = "psql"
 
     @property
@@ -196,6 +223,7 @@ class PostgresServer(_ServerDatabase):
                     "fsync=off",
                     "-c",
                     "full_page_writes=off",
+                    *self._postgres_tls(data, "postgres" if as_root else None),
                 ],
                 env=_CLIENT_ENV,
                 cwd=self._private,
@@ -222,6 +250,15 @@ class PostgresServer(_ServerDatabase):
             raise
         return self
 
+    def _postgres_tls(self, data: Path, owner: str | None) -> list[str]:
+        """Server options for TLS, and pg_hba refusing TCP clients without it."""
+        if self.tls is None:
+            return []
+        cert, key = self._server_certificate(owner)
+        hba = data / "pg_hba.conf"
+        hba.write_text("hostnossl all all all reject\n" + hba.read_text())
+        return ["-c", "ssl=on", "-c", f"ssl_cert_file={cert}", "-c", f"ssl_key_file={key}"]
+
     def _admin(self, *statements: str, database: str = APP_DATABASE) -> str:
         command = [
             self._psql,
@@ -245,8 +282,8 @@ class MariaDBServer(_ServerDatabase):
 
     kind = "mysql"
 
-    def __init__(self, workdir: str | Path | None = None) -> None:
-        super().__init__(workdir, "mariadb-")
+    def __init__(self, workdir: str | Path | None = None, *, tls: bool = False) -> None:
+        super().__init__(workdir, "mariadb-", tls=tls)
         self._client = "mariadb"
 
     @property
@@ -303,6 +340,7 @@ class MariaDBServer(_ServerDatabase):
                     "--innodb-buffer-pool-size=64M",
                     "--character-set-server=utf8mb4",
                     "--collation-server=utf8mb4_unicode_ci",
+                    *self._mariadb_tls(),
                 ],
                 env=_CLIENT_ENV,
                 cwd=self._private,
@@ -329,6 +367,18 @@ class MariaDBServer(_ServerDatabase):
             self.stop()
             raise
         return self
+
+    def _mariadb_tls(self) -> list[str]:
+        """Server options for TLS; TCP clients without it are refused (the socket is local)."""
+        if self.tls is None:
+            return []
+        cert, key = self._server_certificate(None)
+        return [
+            f"--ssl-cert={cert}",
+            f"--ssl-key={key}",
+            f"--ssl-ca={self.tls.ca}",
+            "--require-secure-transport=ON",
+        ]
 
     def _client_command(self, sql: str, database: str | None) -> list[str]:
         command = [

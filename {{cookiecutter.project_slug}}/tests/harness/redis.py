@@ -4,6 +4,8 @@ Every node is a real `redis-server` in a temporary directory, on free ports, wit
 project's ACL users (deploy/redis/users.acl, the `default` user off) on Redis and on the
 sentinels, AOF and RDB persistence on, and timings short enough for tests. `env(component)`
 gives the project's own variables (settings.py) pointing at it, as that component's user.
+With `tls=True` every node and sentinel serves TLS only, and asks clients for a certificate
+(tests/harness/tls.py).
 
     with RedisSentinelCluster(tmp_path) as cluster:
         old = cluster.kill_master()
@@ -25,6 +27,7 @@ from tests.harness.binaries import require_binary
 from tests.harness.ports import LOOPBACK, free_ports
 from tests.harness.processes import ProcessIdentity, SupervisedProcess, stop_each
 from tests.harness.scratch import ScratchDir
+from tests.harness.tls import Certificates
 
 Address = tuple[str, int]
 MASTER_NAME = "mymaster"
@@ -86,6 +89,17 @@ def format_address(address: Address) -> str:
     return f"{address[0]}:{address[1]}"
 
 
+def _listen_lines(port: int, tls: Certificates | None) -> list[str]:
+    """Where a node or sentinel listens: `port`, plain or (with `tls`) TLS only."""
+    if tls is None:
+        return [f"bind {LOOPBACK}", f"port {port}"]
+    return [f"bind {LOOPBACK}", "port 0", f"tls-port {port}", *tls.redis_server_lines()]
+
+
+def _tls_options(tls: Certificates | None) -> dict[str, Any]:
+    return {} if tls is None else tls.redis_options()
+
+
 def _poll(timeout: float, what: str, check: Any, interval: float = 0.1) -> Any:
     """Call check() until it returns something truthy; errors count as "not yet"."""
     deadline = time.monotonic() + timeout
@@ -109,6 +123,7 @@ class RedisDeployment(Protocol):
     """What the stack needs from any Redis topology."""
 
     users: Users
+    tls: Certificates | None
 
     def start(self, timeout: float = ...) -> RedisDeployment: ...
 
@@ -135,16 +150,17 @@ class RedisNode:
         *,
         replica_of: Address | None = None,
         restart: bool = False,
+        tls: Certificates | None = None,
     ) -> None:
         self.name = name
         self.address: Address = (LOOPBACK, port)
         self.directory = directory
         self.users = users
+        self.tls = tls
         directory.mkdir(parents=True, exist_ok=True)
         self.config_path = directory / "redis.conf"
         lines = [
-            f"bind {LOOPBACK}",
-            f"port {port}",
+            *_listen_lines(port, tls),
             "daemonize no",
             f'dir "{directory}"',
             f'pidfile "{directory / "redis.pid"}"',
@@ -188,7 +204,7 @@ class RedisNode:
             port=self.address[1],
             username=user,
             password=self.users.password(user),
-            **options,
+            **{**_tls_options(self.tls), **options},
         )
 
     def ping(self) -> bool:
@@ -223,18 +239,19 @@ class SentinelNode:
         down_after_ms: int,
         failover_timeout_ms: int,
         restart: bool = True,
+        tls: Certificates | None = None,
     ) -> None:
         self.name = name
         self.address: Address = (LOOPBACK, port)
         self.users = users
         self.master_name = master_name
+        self.tls = tls
         directory.mkdir(parents=True, exist_ok=True)
         self.config_path = directory / "sentinel.conf"
         self.config_path.write_text(
             "\n".join(
                 [
-                    f"bind {LOOPBACK}",
-                    f"port {port}",
+                    *_listen_lines(port, tls),
                     "daemonize no",
                     f'dir "{directory}"',
                     f'pidfile "{directory / "sentinel.pid"}"',
@@ -278,6 +295,7 @@ class SentinelNode:
             socket_timeout=2,
             socket_connect_timeout=1,
             decode_responses=True,
+            **_tls_options(self.tls),
         )
 
     def master_address(self) -> Address:
@@ -317,6 +335,7 @@ class RedisSentinelCluster:
         failover_timeout_ms: int = 10_000,
         restart_redis: bool = False,
         restart_sentinels: bool = True,
+        tls: bool = False,
     ) -> None:
         if sentinels < 1 or replicas < 0:
             raise ValueError("need at least one sentinel and no negative replica count")
@@ -324,6 +343,7 @@ class RedisSentinelCluster:
         self.workdir = self._workdir.path
         self.master_name = master_name
         self.users = Users()
+        self.tls = Certificates(self.workdir / "tls") if tls else None
         ports = free_ports(1 + replicas + sentinels)
         master_port, replica_ports, sentinel_ports = (
             ports[0],
@@ -336,6 +356,7 @@ class RedisSentinelCluster:
             self.workdir / "redis-0",
             self.users,
             restart=restart_redis,
+            tls=self.tls,
         )
         self.nodes = [master] + [
             RedisNode(
@@ -345,6 +366,7 @@ class RedisSentinelCluster:
                 self.users,
                 replica_of=master.address,
                 restart=restart_redis,
+                tls=self.tls,
             )
             for index, port in enumerate(replica_ports, start=1)
         ]
@@ -361,6 +383,7 @@ class RedisSentinelCluster:
                 down_after_ms=down_after_ms,
                 failover_timeout_ms=failover_timeout_ms,
                 restart=restart_sentinels,
+                tls=self.tls,
             )
             for index, port in enumerate(sentinel_ports)
         ]
@@ -414,6 +437,7 @@ class RedisSentinelCluster:
             "REDIS_SENTINELS": ",".join(format_address(a) for a in self.sentinel_addresses),
             "REDIS_MASTER_NAME": self.master_name,
             **self.credentials(component),
+            **({} if self.tls is None else self.tls.env()),
         }
 
     def credentials(self, component: str) -> dict[str, str]:
@@ -527,12 +551,16 @@ class StandaloneRedis:
         workdir: str | Path | None = None,
         *,
         restart: bool = False,
+        tls: bool = False,
     ) -> None:
         self._workdir = ScratchDir(workdir, "redis-standalone-")
         self.workdir = self._workdir.path
         self.users = Users()
+        self.tls = Certificates(self.workdir / "tls") if tls else None
         (port,) = free_ports(1)
-        self.node = RedisNode("redis", port, self.workdir / "redis", self.users, restart=restart)
+        self.node = RedisNode(
+            "redis", port, self.workdir / "redis", self.users, restart=restart, tls=self.tls
+        )
 
     @property
     def address(self) -> Address:
@@ -573,6 +601,7 @@ class StandaloneRedis:
             "REDIS_MODE": "standalone",
             "REDIS_ADDRESS": format_address(self.address),
             **self.credentials(component),
+            **({} if self.tls is None else self.tls.env()),
         }
 
     def credentials(self, component: str) -> dict[str, str]:

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import inspect
+import json
+import os
+import ssl
+import subprocess
+import sys
 import typing
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -212,3 +218,49 @@ def test_task_events_leave_in_one_batch_per_interval() -> None:
     assert flushes == [1]
     consumer.on_send_event_buffered()
     assert len(scheduled) == 2
+
+
+# What the broker's and the result backend's connections would be with REDIS_TLS on, read
+# from a fresh interpreter (celeryconfig reads the settings once, at import).
+_TLS_PROBE = """
+import json
+from {{ cookiecutter.package_name }}.celery_app import app
+from {{ cookiecutter.package_name }} import celeryconfig
+channel_class = app.connection_for_write().transport.Channel
+backend = app.backend.connparams
+sentinel_kwargs = celeryconfig.broker_transport_options.get("sentinel_kwargs", {})
+print(json.dumps({
+    "broker_ssl": sorted(app.connection_for_write().ssl),
+    "broker_connection": channel_class.connection_class_ssl.__name__,
+    "backend_connection": backend["connection_class"].__name__,
+    "backend_ca": backend.get("ssl_ca_certs"),
+    "backend_cert_reqs": int(backend.get("ssl_cert_reqs", -1)),
+    "sentinel_ssl": sentinel_kwargs.get("ssl", False),
+}))
+"""
+
+
+@pytest.mark.reliability("R50")
+def test_redis_tls_reaches_the_broker_the_backend_and_the_sentinels(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("read by the TLS handshake, not here\n")
+    env = {
+        **os.environ,
+        "REDIS_TLS": "true",
+        "REDIS_TLS_CA_FILE": str(ca),
+        "REDIS_PASSWORD": "",
+        "REDIS_SENTINEL_PASSWORD": "",
+    }
+    probe = subprocess.run(
+        [sys.executable, "-c", _TLS_PROBE], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert probe.returncode == 0, probe.stderr
+    seen = json.loads(probe.stdout.strip().splitlines()[-1])
+    assert {"ssl_ca_certs", "ssl_cert_reqs"} <= set(seen["broker_ssl"]), seen
+    assert "SSL" in seen["broker_connection"], seen
+    assert "SSL" in seen["backend_connection"], seen
+    assert seen["backend_ca"] == str(ca), seen
+    assert seen["backend_cert_reqs"] == ssl.CERT_REQUIRED, seen
+{%- if cookiecutter.redis_mode == "sentinel" %}
+    assert seen["sentinel_ssl"] is True, seen
+{%- endif %}

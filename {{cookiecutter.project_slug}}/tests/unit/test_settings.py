@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ssl
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -72,3 +74,52 @@ def test_standalone_mode_uses_one_redis_url() -> None:
 def test_crontab_needs_five_fields() -> None:
     with pytest.raises(ValidationError, match="five fields"):
         make(beat_report_crontab="0 3 * *")
+
+
+@pytest.fixture
+def tls_files(tmp_path: Path) -> dict[str, str]:
+    """Readable stand-ins for a CA, a client certificate and its key."""
+    paths = {name: tmp_path / f"{name}.pem" for name in ("ca", "cert", "key")}
+    for path in paths.values():
+        path.write_text("not parsed here\n")
+    return {name: str(path) for name, path in paths.items()}
+
+
+@pytest.mark.reliability("R50")
+def test_redis_tls_verifies_the_server_and_shows_the_client_certificate(
+    tls_files: dict[str, str],
+) -> None:
+    settings = make(
+        redis_mode="standalone",
+        redis_address="r:6380",
+        redis_tls=True,
+        redis_tls_ca_file=tls_files["ca"],
+        redis_tls_cert_file=tls_files["cert"],
+        redis_tls_key_file=tls_files["key"],
+    )
+    assert settings.broker_url.startswith("rediss://")
+    assert settings.redis_tls_options() == {
+        "ssl_cert_reqs": ssl.CERT_REQUIRED,
+        "ssl_check_hostname": True,
+        "ssl_ca_certs": tls_files["ca"],
+        "ssl_certfile": tls_files["cert"],
+        "ssl_keyfile": tls_files["key"],
+    }
+    assert make(redis_tls=False).redis_tls_options() == {}
+    assert make(redis_mode="standalone").broker_url.startswith("redis://")
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ({"redis_tls_ca_file": "ca"}, "REDIS_TLS is off"),
+        ({"redis_tls": True, "redis_tls_cert_file": "cert"}, "both REDIS_TLS_CERT_FILE"),
+        ({"redis_tls": True, "redis_tls_ca_file": "/nonexistent/ca.pem"}, "cannot read"),
+    ],
+)
+def test_inconsistent_tls_settings_are_refused(
+    tls_files: dict[str, str], given: dict[str, Any], message: str
+) -> None:
+    values = {key: tls_files.get(value, value) for key, value in given.items()}
+    with pytest.raises(ValidationError, match=message):
+        make(**values)

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
 from tenacity import retry, retry_if_exception, stop_after_attempt
 
-from {{ cookiecutter.package_name }}.settings import get_settings
+from {{ cookiecutter.package_name }}.settings import Settings, get_settings
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -65,7 +65,7 @@ def _create_engine(**options: Any) -> Engine:
         max_overflow=settings.database_pool_size,
         pool_recycle=1800,
         pool_timeout=settings.database_timeout,
-        connect_args=_connect_timeout(url, settings.database_timeout),
+        connect_args=_connect_args(url, settings),
         **options,
     )
     event.listen(engine, "checkin", _stamp_checkin)
@@ -95,10 +95,19 @@ def _ping_if_idle(engine: Engine) -> Callable[[Any, ConnectionPoolEntry, object]
     return on_checkout
 
 
-def _connect_timeout(url: str, seconds: int) -> dict[str, int]:
-    """A dead database must fail fast (then 503 / retry), not hang a request or a worker."""
-    key = "connect_timeout"
-    return {key: seconds} if url.startswith(("postgresql", "mysql")) else {}
+def _connect_args(url: str, settings: Settings) -> dict[str, Any]:
+    """The driver's connect arguments: a timeout, and TLS where DATABASE_TLS_CA_FILE asks."""
+    # A dead database must fail fast (then 503 / retry), not hang a request or a worker.
+    arguments: dict[str, Any] = {"connect_timeout": settings.database_timeout}
+{%- if cookiecutter.database != "sqlite" %}
+    ca_file = settings.database_tls_ca_file
+    if ca_file and url.startswith("postgresql"):
+        # R50: libpq refuses a server whose certificate or host name does not match.
+        arguments.update(sslmode="verify-full", sslrootcert=ca_file)
+    elif ca_file and url.startswith("mysql"):
+        arguments["ssl"] = {"ca": ca_file, "check_hostname": True}
+{%- endif %}
+    return arguments
 
 
 def _sqlite_wal(dbapi_connection: object, _: object) -> None:
