@@ -70,7 +70,14 @@ ROW_COLUMNS = ("state", "attempts", "dispatches", "worker", "started_at", "finis
 # Time for the last tasks, re-dispatches included, once the producers stop.
 DRAIN_SECONDS = 240
 
-pytestmark = [pytest.mark.soak, pytest.mark.reliability("R21", "R31", "R34", "R46")]
+# The run, the drain and the stack's start: past the suite's 300 s per test for any soak.
+TEST_TIMEOUT = SOAK_SECONDS + DRAIN_SECONDS + 180
+
+pytestmark = [
+    pytest.mark.soak,
+    pytest.mark.timeout(TEST_TIMEOUT),
+    pytest.mark.reliability("R21", "R31", "R34", "R46"),
+]
 
 
 @pytest.fixture(scope="module")
