@@ -5,7 +5,9 @@ One `RedisPod` per ordinal, each with its two containers as real processes: `red
 redis-server as they do in the pod. Pod i listens on its own loopback address
 127.0.2.<i+1> (all of 127/8 is loopback on Linux), which stands in for its announce
 Service, so every pod uses the same REDIS_PORT and SENTINEL_PORT, as in Kubernetes. The
-environment is the chart's contract (see lib.sh), with short Sentinel timings.
+environment is the chart's contract (see lib.sh), with short Sentinel timings: the users
+of deploy/redis/users.acl (the chart ships that file), each with a fresh password, and with
+`tls` a certificate (tests/harness/tls.py) every node and sentinel serves, TLS only.
 
     with RedisStatefulSet(tmp_path) as statefulset:
         master = statefulset.wait_healthy()
@@ -16,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import secrets
 import signal
 import socket
 import subprocess
@@ -33,7 +34,14 @@ from tests.harness.binaries import require_binary
 from tests.harness.ports import free_port
 from tests.harness.probes import wait_until
 from tests.harness.processes import SupervisedProcess, stop_each
-from tests.harness.redis import MASTER_NAME
+from tests.harness.redis import (
+    ADMIN_USER,
+    MASTER_NAME,
+    SENTINEL_ADMIN_USER,
+    USERS_ACL,
+    Users,
+)
+from tests.harness.tls import Certificates
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 CHART_DIR = PROJECT_DIR / "deploy" / "helm" / "{{ cookiecutter.project_slug }}"
@@ -139,23 +147,28 @@ class RedisPod:
 
     # --- what the pod's servers say (None: no answer) -----------------------------------
 
-    def _client(self, port: int, password: str) -> redis_py.Redis:
+    def _client(self, port: int, username: str, password: str) -> redis_py.Redis:
         return redis_py.Redis(
             host=self.host,
             port=port,
+            username=username,
             password=password,
             socket_timeout=1,
             socket_connect_timeout=0.5,
             decode_responses=True,
             # One try: a node that is down answers "no answer" at once, not after retries.
             retry=Retry(NoBackoff(), 0),
+            **self.statefulset.tls_options(),
         )
 
-    def redis_client(self) -> redis_py.Redis:
-        return self._client(self.statefulset.redis_port, self.statefulset.password)
+    def redis_client(self, user: str = ADMIN_USER) -> redis_py.Redis:
+        """A client of this pod's redis as `user` of users.acl (the operators' by default)."""
+        password = self.statefulset.users.password(user)
+        return self._client(self.statefulset.redis_port, user, password)
 
-    def sentinel_client(self) -> redis_py.Redis:
-        return self._client(self.statefulset.sentinel_port, self.statefulset.sentinel_password)
+    def sentinel_client(self, user: str = SENTINEL_ADMIN_USER) -> redis_py.Redis:
+        password = self.statefulset.users.password(user, "sentinel")
+        return self._client(self.statefulset.sentinel_port, user, password)
 
     def role(self) -> str | None:
         """ROLE of this pod's redis: master, slave, or None when it does not answer."""
@@ -205,6 +218,7 @@ class RedisStatefulSet:
         *,
         replicas: int = 3,
         fullname: str = FULLNAME,
+        tls: Certificates | None = None,
     ) -> None:
         require_binary("redis-server", "redis-server")
         require_binary("redis-cli", "redis-tools")
@@ -214,12 +228,40 @@ class RedisStatefulSet:
         self.nodes = " ".join(hosts)
         self.redis_port = port_free_on(hosts)
         self.sentinel_port = port_free_on(hosts)
-        self.password = secrets.token_urlsafe(16)
-        self.sentinel_password = secrets.token_urlsafe(16)
+        self.users = Users()
+        self.tls = tls
         self.pods = [RedisPod(self, ordinal) for ordinal in range(replicas)]
 
     def __repr__(self) -> str:
         return f"<RedisStatefulSet {self.fullname} {self.pods}>"
+
+    def tls_options(self) -> dict[str, Any]:
+        """redis-py's TLS arguments: the CA only, as the chart's scripts (no client cert).
+
+        The certificate names 127.0.0.1, not the pods' 127.0.2.x: the name is not checked
+        here (neither redis-cli nor Redis's replication links check it either).
+        """
+        if self.tls is None:
+            return {}
+        return {"ssl": True, "ssl_ca_certs": str(self.tls.ca), "ssl_check_hostname": False}
+
+    def password_env(self) -> dict[str, str]:
+        """Every user's password, as the chart's StatefulSet gives them from its Secret."""
+        return {
+            f"{where.upper()}_USER_{user.upper().replace('-', '_')}_PASSWORD": password
+            for where, passwords in self.users.passwords.items()
+            for user, password in passwords.items()
+        }
+
+    def tls_env(self) -> dict[str, str]:
+        if self.tls is None:
+            return {"REDIS_TLS": "false"}
+        return {
+            "REDIS_TLS": "true",
+            "REDIS_TLS_CA_FILE": str(self.tls.ca),
+            "REDIS_TLS_CERT_FILE": str(self.tls.server_cert),
+            "REDIS_TLS_KEY_FILE": str(self.tls.server_key),
+        }
 
     def pod_env(self, pod: RedisPod) -> dict[str, str]:
         """The chart's environment of one pod (REDIS_ORDINAL left to HOSTNAME, as in k8s)."""
@@ -233,8 +275,9 @@ class RedisStatefulSet:
             # A pod binds its own address only: the three share each port.
             "REDIS_BIND": pod.host,
             "REDIS_MASTER_NAME": MASTER_NAME,
-            "REDIS_PASSWORD": self.password,
-            "REDIS_SENTINEL_PASSWORD": self.sentinel_password,
+            "REDIS_USERS_ACL": str(USERS_ACL),
+            **self.password_env(),
+            **self.tls_env(),
             "SENTINEL_QUORUM": "2",
             "SENTINEL_DOWN_AFTER_MS": str(DOWN_AFTER_MS),
             "SENTINEL_FAILOVER_TIMEOUT_MS": str(FAILOVER_TIMEOUT_MS),

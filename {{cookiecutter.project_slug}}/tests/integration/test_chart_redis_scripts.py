@@ -2,7 +2,8 @@
 
 Three pods of redis + sentinel started through redis.sh and sentinel.sh (see
 tests/harness/redis_pods.py), then: a fresh start, a SIGKILLed master pod coming back,
-the preStop handover (prestop.sh), the probes (probe.sh) and the sentinels' fixed ids.
+the preStop handover (prestop.sh), the probes (probe.sh), the sentinels' fixed ids, the
+ACL users of deploy/redis/users.acl (the `default` user off) and TLS-only serving.
 
 Measured seconds (failover after a SIGKILL, promotion on preStop) are printed (`-s` shows
 them) and written to chart-redis-timings.json in the run's base temporary directory
@@ -18,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis as redis_py
 
 from tests.harness.probes import wait_until
 from tests.harness.redis_pods import (
@@ -27,6 +29,7 @@ from tests.harness.redis_pods import (
     RoleWatch,
     expected_myid,
 )
+from tests.harness.tls import Certificates
 
 Timings = dict[str, dict[str, float]]
 HEX40 = re.compile(r"[0-9a-f]{40}")
@@ -229,3 +232,64 @@ def test_the_sentinel_myid_is_fixed_by_seed_and_ordinal(tmp_path: Path) -> None:
     assert restarted == ordinal_0_again == ordinal_0
     assert ordinal_1 == expected_myid(FULLNAME, 1) != ordinal_0
     assert other_seed == expected_myid("other-app", 0) != ordinal_0
+
+
+def test_every_node_and_sentinel_has_the_users_of_users_acl_and_default_off(
+    statefulset: RedisStatefulSet,
+) -> None:
+    master = statefulset.wait_healthy()
+    users = statefulset.users
+    for pod in statefulset.pods:
+        for where, client in (("redis", pod.redis_client()), ("sentinel", pod.sentinel_client())):
+            with client:
+                assert set(client.acl_users()) == {"default", *users.passwords[where]}, pod
+                default = client.acl_getuser("default")
+                assert isinstance(default, dict), (pod, where)
+                flags = default["flags"]
+                assert isinstance(flags, list), (pod, where)
+                assert "off" in flags, (pod, where)
+        for port in (statefulset.redis_port, statefulset.sentinel_port):
+            # No password, or the default user: refused everywhere.
+            anonymous = redis_py.Redis(host=pod.host, port=port, socket_timeout=1)
+            with anonymous, pytest.raises(redis_py.AuthenticationError):
+                anonymous.ping()
+    # Replicas and sentinels work through their own users: replication is up, failover too.
+    assert all(pod.replication()["master_link_status"] == "up" for pod in statefulset.pods[1:])
+    with master.redis_client("worker") as worker:
+        worker.rpush("default", "task")
+        with pytest.raises(redis_py.exceptions.NoPermissionError):
+            worker.flushall()
+        with pytest.raises(redis_py.exceptions.NoPermissionError):
+            worker.set("not-a-queue", "x")
+        assert worker.llen("default") == 1
+    with master.sentinel_client("client") as client:
+        assert client.sentinel_get_master_addr_by_name("mymaster")[0] == master.host
+        with pytest.raises(redis_py.exceptions.NoPermissionError):
+            client.execute_command("SENTINEL", "FAILOVER", "mymaster")
+
+
+def test_with_tls_every_node_and_sentinel_serves_tls_only(tmp_path: Path) -> None:
+    with RedisStatefulSet(tmp_path / "pods", tls=Certificates(tmp_path / "tls")) as statefulset:
+        master = statefulset.wait_healthy()
+        assert master is statefulset.pods[0]
+        for pod in statefulset.pods:
+            assert pod.config("port") == "0", pod
+            assert pod.config("tls-port") == str(statefulset.redis_port), pod
+            assert pod.config("tls-replication") == "yes", pod
+            for container in ("redis", "sentinel"):
+                probe = pod.run("probe.sh", container)
+                assert probe.returncode == 0, f"{pod} {container}: {probe.stderr}"
+            for port in (statefulset.redis_port, statefulset.sentinel_port):
+                # The same user and password in clear text: no answer on a TLS port.
+                plain = redis_py.Redis(
+                    host=pod.host,
+                    port=port,
+                    username="admin",
+                    password=statefulset.users.password("admin"),
+                    socket_timeout=1,
+                )
+                with plain, pytest.raises(redis_py.ConnectionError):
+                    plain.ping()
+        hook = master.run("prestop.sh", timeout=40)
+        assert hook.returncode == 0, hook.stderr
+        assert "handed over to" in hook.stderr, hook.stderr

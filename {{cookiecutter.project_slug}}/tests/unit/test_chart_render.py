@@ -27,6 +27,7 @@ from tests.harness.chart import (
     render_error,
     workloads,
 )
+from tests.harness.redis import acl_rules
 
 WORKER_GROUPS = {
     "high": ("high", "prefork", 2),
@@ -250,8 +251,200 @@ def test_keda_scales_on_every_priority_list_of_every_queue() -> None:
         assert trigger["type"] == "redis-sentinel"
         assert trigger["authenticationRef"]["name"] == auth["metadata"]["name"]
         assert trigger["metadata"]["sentinelMaster"] == "mymaster"
+        # KEDA's own user (it only measures the queues) and Sentinel's lookup-only user.
+        assert trigger["metadata"]["username"] == "keda"
+        assert trigger["metadata"]["sentinelUsername"] == "client"
+        assert "enableTLS" not in trigger["metadata"]
     parameters = {ref["parameter"]: ref["key"] for ref in auth["spec"]["secretTargetRef"]}
-    assert parameters == {"password": "redis-password", "sentinelPassword": "sentinel-password"}
+    assert parameters == {"password": "redis-keda", "sentinelPassword": "sentinel-client"}
+    assert "keda" in acl_rules("redis")
+
+
+# --- Redis users and TLS ---------------------------------------------------------------------
+#: Each Redis client's own user of users.acl, by component label (as compose gives them).
+REDIS_USERS = {
+    "api": "api",
+    "worker": "worker",
+    "beat": "beat",
+{%- if cookiecutter.use_flower == "yes" %}
+    "flower": "flower",
+{%- endif %}
+{%- if cookiecutter.use_celery_exporter == "yes" %}
+    "exporter": "exporter",
+{%- endif %}
+}
+REDIS_SECRET = f"{FULLNAME}-redis"
+TLS_DIR = "/etc/redis-tls"
+KEDA = {"workers": {"groups": {"low": {"autoscaling": {"mode": "keda"}}}}}
+TLS = {"enabled": True, "secretName": "redis-tls"}
+
+
+def component_of(obj: Obj) -> str:
+    label: str = obj["metadata"]["labels"]["app.kubernetes.io/component"]
+    return label
+
+
+def redis_secret_keys(container: Obj) -> set[str]:
+    """The keys of the Redis Secret a container reads."""
+    return {
+        entry["valueFrom"]["secretKeyRef"]["key"]
+        for entry in container.get("env", [])
+        if entry.get("valueFrom", {}).get("secretKeyRef", {}).get("name") == REDIS_SECRET
+    }
+
+
+def redis_clients(objects: list[Obj]) -> Iterator[tuple[Obj, Obj]]:
+    """(workload, container) of every container that reads a Redis password, Redis's own aside."""
+    for workload in workloads(objects):
+        if workload["kind"] == "StatefulSet" and component_of(workload) == "redis":
+            continue
+        for container in containers(workload):
+            if redis_secret_keys(container):
+                yield workload, container
+
+
+def test_every_component_is_its_own_redis_user(objects: list[Obj]) -> None:
+    seen = set()
+    for workload, container in redis_clients(objects):
+        component = component_of(workload)
+        user = REDIS_USERS[component]
+        env = env_of(container)
+        where = f"{workload['metadata']['name']}/{container['name']}"
+        assert env["REDIS_USERNAME"]["value"] == user, where
+        assert env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+            "name": REDIS_SECRET,
+            "key": f"redis-{user}",
+        }, where
+        assert env["REDIS_SENTINEL_USERNAME"]["value"] == "client", where
+        assert env["REDIS_SENTINEL_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+            "name": REDIS_SECRET,
+            "key": "sentinel-client",
+        }, where
+        seen.add(component)
+    assert seen == set(REDIS_USERS)
+    assert set(REDIS_USERS.values()) <= set(acl_rules("redis"))
+    # The migrations touch only the ledger: no Redis password at all.
+    migrate = find(objects, "Job", f"{FULLNAME}-migrate-1")
+    assert not any(redis_secret_keys(c) for c in containers(migrate))
+
+
+def test_no_component_gets_another_user_s_password() -> None:
+    objects = render(KEDA)
+    for workload, container in redis_clients(objects):
+        own = {f"redis-{REDIS_USERS[component_of(workload)]}", "sentinel-client"}
+        keys = redis_secret_keys(container)
+        assert keys == own, f"{workload['metadata']['name']}: {sorted(keys - own)}"
+        assert not keys & {"redis-admin", "sentinel-peer"}
+    auth = find(objects, "TriggerAuthentication", f"{FULLNAME}-redis")
+    keda = {ref["key"] for ref in auth["spec"]["secretTargetRef"] if ref["name"] == REDIS_SECRET}
+    assert keda == {"redis-keda", "sentinel-client"}
+
+
+def test_the_redis_pods_make_every_user_of_users_acl_with_its_own_password(
+    objects: list[Obj],
+) -> None:
+    users = {(where, user) for where in ("redis", "sentinel") for user in acl_rules(where)}
+    secret = find(objects, "Secret", REDIS_SECRET)
+    assert set(secret["data"]) == {f"{where}-{user}" for where, user in users}
+    passwords = [base64.b64decode(value) for value in secret["data"].values()]
+    assert len(set(passwords)) == len(passwords), "two users share a password"
+    variables = {
+        f"{where.upper()}_USER_{user.upper().replace('-', '_')}_PASSWORD": f"{where}-{user}"
+        for where, user in users
+    }
+    statefulset = find(objects, "StatefulSet", f"{FULLNAME}-redis")
+    for container in containers(statefulset):
+        env = env_of(container)
+        refs = {
+            name: entry["valueFrom"]["secretKeyRef"]["key"]
+            for name, entry in env.items()
+            if "valueFrom" in entry
+        }
+        assert refs == variables, container["name"]
+        assert env["REDIS_USERS_ACL"]["value"] == "/opt/redis-scripts/users.acl"
+        assert "REDIS_PASSWORD" not in env, "the one shared password is back"
+    scripts = find(objects, "ConfigMap", f"{FULLNAME}-redis-scripts")["data"]
+    assert scripts["users.acl"] == (ROOT / "deploy" / "redis" / "users.acl").read_text()
+
+
+def file_source(workload: Obj, container: Obj, path: str) -> tuple[str, str]:
+    """(Secret, key) a file of a container comes from, through its mounts and volumes."""
+    directory, _, name = path.rpartition("/")
+    mount = next(m for m in container["volumeMounts"] if m["mountPath"] == directory)
+    volume = next(v for v in pod_spec(workload)["volumes"] if v["name"] == mount["name"])
+    if "secret" in volume:
+        return volume["secret"]["secretName"], name
+    for source in volume["projected"]["sources"]:
+        for item in source.get("secret", {}).get("items", []):
+            if item["path"] == name:
+                return source["secret"]["name"], item["key"]
+    raise AssertionError(f"{path}: no Secret key in volume {volume['name']}")
+
+
+def test_redis_tls_serves_the_secret_s_certificate_and_the_apps_verify_it() -> None:
+    objects = render({"redis": {"tls": TLS}, **KEDA})
+    statefulset = find(objects, "StatefulSet", f"{FULLNAME}-redis")
+    for container in containers(statefulset):
+        env = env_of(container)
+        assert env["REDIS_TLS"]["value"] == "true"
+        for variable, key in (
+            ("REDIS_TLS_CA_FILE", "ca.crt"),
+            ("REDIS_TLS_CERT_FILE", "tls.crt"),
+            ("REDIS_TLS_KEY_FILE", "tls.key"),
+        ):
+            path = env[variable]["value"]
+            assert file_source(statefulset, container, path) == ("redis-tls", key), variable
+    clients = list(redis_clients(objects))
+    assert {component_of(w) for w, _ in clients} == set(REDIS_USERS)
+    for workload, container in clients:
+        env = env_of(container)
+        where = workload["metadata"]["name"]
+        assert env["REDIS_TLS"]["value"] == "true", where
+        ca = env["REDIS_TLS_CA_FILE"]["value"]
+        assert file_source(workload, container, ca) == ("redis-tls", "ca.crt"), where
+        assert "REDIS_TLS_CERT_FILE" not in env, where
+        # A client mounts the CA of the servers' Secret, never their key.
+        volume = next(v for v in pod_spec(workload)["volumes"] if v["name"] == "redis-tls")
+        assert volume["projected"]["sources"] == [
+            {"secret": {"name": "redis-tls", "items": [{"key": "ca.crt", "path": "ca.crt"}]}}
+        ], where
+    for scaled in of_kind(objects, "ScaledObject"):
+        assert all(t["metadata"]["enableTLS"] == "true" for t in scaled["spec"]["triggers"])
+    auth = find(objects, "TriggerAuthentication", f"{FULLNAME}-redis")
+    refs = {ref["parameter"]: (ref["name"], ref["key"]) for ref in auth["spec"]["secretTargetRef"]}
+    assert refs["ca"] == ("redis-tls", "ca.crt")
+{%- if cookiecutter.use_celery_exporter == "yes" %}
+    exporter = env_of(containers(find(objects, "Deployment", f"{FULLNAME}-exporter"))[-1])
+    options = exporter["CE_BROKER_TRANSPORT_OPTION"]["value"]
+    kwargs = json.loads(options.split("sentinel_kwargs=", 1)[1])
+    assert kwargs["username"] == "client"
+    assert (kwargs["ssl"], kwargs["ssl_ca_certs"]) == (True, f"{TLS_DIR}/ca.crt")
+    assert f"ssl_ca_certs={TLS_DIR}/ca.crt" in exporter["CE_BROKER_SSL_OPTION"]["value"]
+{%- endif %}
+
+
+def test_redis_tls_client_certificate_reaches_every_client() -> None:
+    tls = {**TLS, "clientSecretName": "redis-client"}
+    objects = render({"redis": {"tls": tls}, **KEDA})
+    for workload, container in redis_clients(objects):
+        env = env_of(container)
+        for variable, key in (
+            ("REDIS_TLS_CERT_FILE", "tls.crt"),
+            ("REDIS_TLS_KEY_FILE", "tls.key"),
+        ):
+            path = env[variable]["value"]
+            assert file_source(workload, container, path) == ("redis-client", key)
+    auth = find(objects, "TriggerAuthentication", f"{FULLNAME}-redis")
+    refs = {ref["parameter"]: (ref["name"], ref["key"]) for ref in auth["spec"]["secretTargetRef"]}
+    assert refs["cert"] == ("redis-client", "tls.crt")
+    assert refs["key"] == ("redis-client", "tls.key")
+
+
+def test_without_tls_no_pod_mounts_or_asks_for_it(objects: list[Obj]) -> None:
+    for workload in workloads(objects):
+        assert not [v for v in pod_spec(workload)["volumes"] if "tls" in v["name"]]
+        for container in containers(workload):
+            assert not {"REDIS_TLS", "REDIS_TLS_CA_FILE"} & set(env_of(container))
 
 
 # --- beat, migrations ------------------------------------------------------------------------

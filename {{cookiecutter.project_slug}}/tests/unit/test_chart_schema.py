@@ -238,6 +238,16 @@ INVALID = [
         id="redis-replicas-0",
     ),
     pytest.param(
+        {"redis": {"tls": {"enable": True}}},
+        ["at '/redis/tls': additional properties 'enable' not allowed"],
+        id="redis-tls-misspelt",
+    ),
+    pytest.param(
+        {"redis": {"auth": {"passwordKey": "redis-password"}}},
+        ["at '/redis/auth': additional properties 'passwordKey' not allowed"],
+        id="redis-one-shared-password-key",
+    ),
+    pytest.param(
         {"api": {"autoscaling": {"maxReplicas": "ten"}}},
         ["at '/api/autoscaling/maxReplicas': got string, want integer"],
         id="api-max-replicas-ten",
@@ -409,6 +419,11 @@ VALID = [
         id="external-redis",
     ),
     pytest.param(
+        {"redis": {"tls": {"enabled": True, "secretName": "redis-tls", "clientSecretName": "c"}}},
+        True,
+        id="redis-tls-with-client-certificate",
+    ),
+    pytest.param(
         {
             "database": {"external": {"existingSecret": "ledger-url"}},
             "migrations": {"helmHook": True},
@@ -515,6 +530,18 @@ REFUSALS = [
         True,
         ["redis.external.sentinels is set while redis.enabled=true"],
         id="external-sentinels-with-redis-in-the-chart",
+    ),
+    pytest.param(
+        {"redis": {"tls": {"enabled": True}}},
+        True,
+        ["redis.tls.enabled=true needs redis.tls.secretName"],
+        id="redis-tls-without-its-secret",
+    ),
+    pytest.param(
+        {"redis": {"tls": {"clientSecretName": "client-cert"}}},
+        True,
+        ["redis.tls.clientSecretName is set while redis.tls.enabled=false"],
+        id="client-certificate-without-tls",
     ),
     pytest.param(
         {"migrations": {"helmHook": True}},

@@ -69,6 +69,7 @@ SHIPPED_COPIES: dict[str, Path] = {
     "files/prometheus/alerts.yml": ROOT / "deploy" / "prometheus" / "alerts.yml",
 {%- endif %}
     "files/redis/persistence.conf": ROOT / "deploy" / "redis" / "persistence.conf",
+    "files/redis/users.acl": ROOT / "deploy" / "redis" / "users.acl",
 }
 
 #: Exact releases bundled by kubernetes-validate: the oldest and newest minors checked.
@@ -153,6 +154,13 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
             },
             "auth": {"existingSecret": "redis-credentials"},
         }
+    },
+    # TLS everywhere with a client certificate, KEDA included.
+    "redis-tls": {
+        "redis": {
+            "tls": {"enabled": True, "secretName": "redis-tls", "clientSecretName": "redis-client"}
+        },
+        "workers": {"groups": {"low": {"autoscaling": {"mode": "keda"}}}},
     },
 }
 
@@ -323,6 +331,7 @@ def crd_errors(obj: Obj) -> list[str]:
 #: value set -> how many of each custom resource it must render.
 EXPECTED_CUSTOM_RESOURCES: dict[str, dict[str, int]] = {
     "workers-keda": {"ScaledObject": WORKER_GROUPS, "TriggerAuthentication": 1},
+    "redis-tls": {"ScaledObject": 1, "TriggerAuthentication": 1},
 {%- if cookiecutter.use_celery_exporter == "yes" %}
     # One ServiceMonitor for the metrics Deployment, one for the API's /metrics.
     "monitoring": {"ServiceMonitor": 2, "PrometheusRule": 1},

@@ -160,18 +160,100 @@ topologySpreadConstraints:
 {{- ternary .Values.redis.masterName .Values.redis.external.masterName .Values.redis.enabled -}}
 {{- end -}}
 
-{{/* Redis and Sentinel passwords as environment variables, from the Redis Secret. */}}
-{{- define "chart.redisPasswordEnv" -}}
+{{/*
+The users of files/redis/users.acl (the compose stack's deploy/redis/users.acl), as a JSON
+list of "<side>-<user>" (side: redis or sentinel): the Redis Secret's keys, one password each.
+*/}}
+{{- define "chart.redisUserKeys" -}}
+{{- $keys := list -}}
+{{- range $line := splitList "\n" (.Files.Get "files/redis/users.acl") -}}
+{{- $words := regexSplit "\\s+" (trim $line) -1 -}}
+{{- if and (ge (len $words) 2) (not (hasPrefix "#" (index $words 0))) -}}
+{{- $keys = append $keys (printf "%s-%s" (index $words 0) (index $words 1)) -}}
+{{- end -}}
+{{- end -}}
+{{- toJson $keys -}}
+{{- end -}}
+
+{{/* The variable the Redis pods' scripts read a user's password from. Call with its key. */}}
+{{- define "chart.redisUserVariable" -}}
+{{- $side := index (splitList "-" .) 0 -}}
+{{- printf "%s_USER_%s_PASSWORD" (upper $side) (trimPrefix (printf "%s-" $side) . | upper | replace "-" "_") -}}
+{{- end -}}
+
+{{/* Where the pods find the Redis TLS material (redis.tls). */}}
+{{- define "chart.redisTlsDir" -}}/etc/redis-tls{{- end -}}
+
+{{/*
+One component's Redis credentials as environment variables: its own user of users.acl on
+Redis and Sentinel's `client` user (lookups only), passwords from the Redis Secret; with
+redis.tls the TLS settings (settings.py) too. Call with (dict "ctx" $ "user" USER).
+*/}}
+{{- define "chart.redisUserEnv" -}}
+{{- $ctx := .ctx -}}
+- name: REDIS_USERNAME
+  value: {{ .user | quote }}
 - name: REDIS_PASSWORD
   valueFrom:
     secretKeyRef:
-      name: {{ include "chart.redisSecretName" . }}
-      key: {{ .Values.redis.auth.passwordKey }}
+      name: {{ include "chart.redisSecretName" $ctx }}
+      key: redis-{{ .user }}
+- name: REDIS_SENTINEL_USERNAME
+  value: client
 - name: REDIS_SENTINEL_PASSWORD
   valueFrom:
     secretKeyRef:
-      name: {{ include "chart.redisSecretName" . }}
-      key: {{ .Values.redis.auth.sentinelPasswordKey }}
+      name: {{ include "chart.redisSecretName" $ctx }}
+      key: sentinel-client
+{{- with $ctx.Values.redis.tls }}
+{{- if .enabled }}
+- name: REDIS_TLS
+  value: "true"
+- name: REDIS_TLS_CA_FILE
+  value: {{ include "chart.redisTlsDir" $ctx }}/ca.crt
+{{- if .clientSecretName }}
+- name: REDIS_TLS_CERT_FILE
+  value: {{ include "chart.redisTlsDir" $ctx }}/client.crt
+- name: REDIS_TLS_KEY_FILE
+  value: {{ include "chart.redisTlsDir" $ctx }}/client.key
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/*
+A Redis client pod's TLS volume (redis.tls): the CA only of redis.tls.secretName (never
+the servers' key), and the client certificate of redis.tls.clientSecretName if set.
+Renders nothing with TLS off. Call with the root context.
+*/}}
+{{- define "chart.redisTlsVolume" -}}
+{{- with .Values.redis.tls }}
+{{- if .enabled }}
+- name: redis-tls
+  projected:
+    defaultMode: 0440
+    sources:
+      - secret:
+          name: {{ .secretName }}
+          items:
+            - {key: ca.crt, path: ca.crt}
+      {{- if .clientSecretName }}
+      - secret:
+          name: {{ .clientSecretName }}
+          items:
+            - {key: tls.crt, path: client.crt}
+            - {key: tls.key, path: client.key}
+      {{- end }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{- define "chart.redisTlsMount" -}}
+{{- if .Values.redis.tls.enabled }}
+- name: redis-tls
+  mountPath: {{ include "chart.redisTlsDir" . }}
+  readOnly: true
+{{- end }}
 {{- end -}}
 
 {{/* -- The ledger database ----------------------------------------------------------- */}}
@@ -228,8 +310,8 @@ checksum/app-secret: {{ include (print .Template.BasePath "/app/secret.yaml") . 
 {{- end -}}
 
 {{/*
-The app container's fixed part. Call with (dict "ctx" $ "values" COMPONENT_VALUES), plus
-"database" false for a pod that never touches the ledger.
+The app container's fixed part. Call with (dict "ctx" $ "values" COMPONENT_VALUES "user"
+REDIS_USER), plus "database" false for a pod that never touches the ledger.
 */}}
 {{- define "chart.appContainerCommon" -}}
 image: {{ include "chart.image" .ctx }}
@@ -237,7 +319,7 @@ imagePullPolicy: {{ .ctx.Values.image.pullPolicy }}
 securityContext:
   {{- include "chart.containerSecurityContext" . | nindent 2 }}
 env:
-  {{- include "chart.redisPasswordEnv" .ctx | nindent 2 }}
+  {{- include "chart.redisUserEnv" (dict "ctx" .ctx "user" (required "chart.appContainerCommon needs a Redis user" .user)) | nindent 2 }}
   {{- if (hasKey . "database" | ternary .database true) }}
   {{- include "chart.databaseUrlEnv" .ctx | nindent 2 }}
   {{- end }}
@@ -251,6 +333,7 @@ envFrom:
   {{- end }}
 volumeMounts:
   {{- include "chart.tmpMount" . | nindent 2 }}
+  {{- include "chart.redisTlsMount" .ctx | nindent 2 }}
   {{- with .values.extraVolumeMounts }}
   {{- toYaml . | nindent 2 }}
   {{- end }}
@@ -277,11 +360,15 @@ resources:
     {{- toYaml .Values.migrations.resources | nindent 4 }}
 {{- end -}}
 
-{{/* A pod's volumes: /tmp and the component's extras. Call with COMPONENT_VALUES. */}}
+{{/*
+A Redis client pod's volumes: /tmp, the Redis TLS material (redis.tls) and the
+component's extras. Call with (dict "ctx" $ "values" COMPONENT_VALUES).
+*/}}
 {{- define "chart.appVolumes" -}}
 volumes:
   {{- include "chart.tmpVolume" . | nindent 2 }}
-  {{- with .extraVolumes }}
+  {{- include "chart.redisTlsVolume" .ctx | nindent 2 }}
+  {{- with .values.extraVolumes }}
   {{- toYaml . | nindent 2 }}
   {{- end }}
 {{- end -}}

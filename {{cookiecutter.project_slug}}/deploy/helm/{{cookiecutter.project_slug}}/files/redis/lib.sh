@@ -2,14 +2,22 @@
 # Shared by the Redis pod's scripts (redis.sh, sentinel.sh, prestop.sh, probe.sh), which
 # source it: the settings with their defaults, bounded redis-cli calls, master discovery.
 # The chart's StatefulSet sets the environment; every pod has the same REDIS_NODES.
+# The users are those of users.acl (the chart ships deploy/redis/users.acl): a Redis
+# node's user <name> gets REDIS_USER_<NAME>_PASSWORD, a sentinel's
+# SENTINEL_USER_<NAME>_PASSWORD. These scripts talk to Redis as `admin` and to Sentinel
+# as `peer`, the operators' users: the preStop hook needs REPLICAOF and SENTINEL FAILOVER.
+# REDIS_TLS=true: every node and sentinel serves TLS only, with REDIS_TLS_CERT_FILE,
+# REDIS_TLS_KEY_FILE and REDIS_TLS_CA_FILE, and every redis-cli call here uses TLS.
 
 set -eu
 # Replies are split into words unquoted; REDIS_BIND holds "*": nothing may glob.
 set -f
 
 : "${REDIS_NODES:?REDIS_NODES must list the announce host of every ordinal, in order}"
-: "${REDIS_PASSWORD:?REDIS_PASSWORD must be set}"
-: "${REDIS_SENTINEL_PASSWORD:?REDIS_SENTINEL_PASSWORD must be set}"
+: "${REDIS_USER_ADMIN_PASSWORD:?REDIS_USER_ADMIN_PASSWORD must be set}"
+: "${SENTINEL_USER_PEER_PASSWORD:?SENTINEL_USER_PEER_PASSWORD must be set}"
+: "${REDIS_USERS_ACL:=/opt/redis-scripts/users.acl}"
+: "${REDIS_TLS:=false}"
 : "${REDIS_PORT:=6379}"
 : "${SENTINEL_PORT:=26379}"
 : "${REDIS_BIND:=* -::*}"
@@ -23,6 +31,18 @@ set -f
 : "${REDIS_CONF_DIR:=/run/redis}"
 : "${REDIS_DATA_DIR:=/data}"
 : "${REDIS_PERSISTENCE_CONF:=/opt/redis-scripts/persistence.conf}"
+case $REDIS_TLS in
+  true)
+    : "${REDIS_TLS_CA_FILE:?REDIS_TLS=true needs REDIS_TLS_CA_FILE}"
+    : "${REDIS_TLS_CERT_FILE:?REDIS_TLS=true needs REDIS_TLS_CERT_FILE}"
+    : "${REDIS_TLS_KEY_FILE:?REDIS_TLS=true needs REDIS_TLS_KEY_FILE}"
+    ;;
+  false) ;;
+  *)
+    echo "${0##*/}: REDIS_TLS '$REDIS_TLS' is neither true nor false" >&2
+    exit 1
+    ;;
+esac
 
 log() {
   echo "${0##*/}: $*" >&2
@@ -67,29 +87,37 @@ case $local_host in
   '::*' | ::) local_host=::1 ;;
 esac
 
-# cli HOST PORT PASSWORD ARGS...: one redis-cli call to HOST (an entry of REDIS_NODES),
-# bounded in time; the password goes through the environment, never the command line.
+# cli HOST PORT USER PASSWORD ARGS...: one redis-cli call to HOST (an entry of
+# REDIS_NODES) as USER, bounded in time; the password goes through the environment, never
+# the command line. Over TLS the server's certificate is checked against the CA; it may
+# be addressed by loopback here, so the name is not (the servers never ask for a client
+# certificate: tls-auth-clients optional).
 cli() {
   cli_address=$1
   if [ "$cli_address" = "$my_host" ]; then
     cli_address=$local_host
   fi
   cli_port=$2
-  cli_password=$3
-  shift 3
-  REDISCLI_AUTH=$cli_password timeout 3 redis-cli -h "$cli_address" -p "$cli_port" "$@"
+  cli_user=$3
+  cli_password=$4
+  shift 4
+  if [ "$REDIS_TLS" = true ]; then
+    set -- --tls --cacert "$REDIS_TLS_CA_FILE" "$@"
+  fi
+  REDISCLI_AUTH=$cli_password timeout 3 \
+    redis-cli -h "$cli_address" -p "$cli_port" --user "$cli_user" "$@"
 }
 
 redis_cli() {
   redis_cli_host=$1
   shift
-  cli "$redis_cli_host" "$REDIS_PORT" "$REDIS_PASSWORD" "$@"
+  cli "$redis_cli_host" "$REDIS_PORT" admin "$REDIS_USER_ADMIN_PASSWORD" "$@"
 }
 
 sentinel_cli() {
   sentinel_cli_host=$1
   shift
-  cli "$sentinel_cli_host" "$SENTINEL_PORT" "$REDIS_SENTINEL_PASSWORD" "$@"
+  cli "$sentinel_cli_host" "$SENTINEL_PORT" peer "$SENTINEL_USER_PEER_PASSWORD" "$@"
 }
 
 # role_of HOST: master, slave, or nothing when its redis does not answer.
@@ -157,4 +185,39 @@ discover_master() {
 # conf_string VALUE: VALUE as a double-quoted string of a Redis config file.
 conf_string() {
   printf '"%s"' "$(printf '%s' "$1" | sed 's/[\\"]/\\&/g')"
+}
+
+# acl_users SIDE: config lines creating users.acl's users of SIDE (redis or sentinel),
+# `default` off; a user whose password variable is empty stays off too.
+acl_users() {
+  acl_side=$1
+  acl_prefix="$(printf '%s' "$acl_side" | tr a-z A-Z)_USER"
+  echo "user default off"
+  grep -v '^[[:space:]]*#' "$REDIS_USERS_ACL" | while read -r acl_place acl_user acl_rules; do
+    [ "$acl_place" = "$acl_side" ] || continue
+    eval "acl_password=\${${acl_prefix}_$(printf '%s' "$acl_user" | tr a-z- A-Z_)_PASSWORD:-}"
+    if [ -n "$acl_password" ]; then
+      echo "user $acl_user on $(conf_string ">$acl_password") resetkeys resetchannels -@all $acl_rules"
+    else
+      echo "user $acl_user off resetkeys resetchannels -@all $acl_rules"
+    fi
+  done
+}
+
+# listen_lines PORT: where a server listens, plain or (REDIS_TLS) TLS only, with the
+# certificate of the Secret; replication and Sentinel's own links use TLS too.
+listen_lines() {
+  echo "bind $REDIS_BIND"
+  if [ "$REDIS_TLS" = true ]; then
+    echo "port 0"
+    echo "tls-port $1"
+    echo "tls-cert-file $(conf_string "$REDIS_TLS_CERT_FILE")"
+    echo "tls-key-file $(conf_string "$REDIS_TLS_KEY_FILE")"
+    echo "tls-ca-cert-file $(conf_string "$REDIS_TLS_CA_FILE")"
+    echo "tls-replication yes"
+    # Clients authenticate with their ACL user; a client certificate is not required.
+    echo "tls-auth-clients optional"
+  else
+    echo "port $1"
+  fi
 }

@@ -5,24 +5,28 @@
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "$0")/lib.sh"
 
+: "${REDIS_USER_REPLICA_PASSWORD:?REDIS_USER_REPLICA_PASSWORD must be set}"
+
 discover_master
 conf=$REDIS_CONF_DIR/redis.conf
 # It holds the passwords.
 umask 077
-cat >"$conf" <<EOF
+{
+  cat <<EOF
 # Written by redis.sh at each start; Sentinel may rewrite it (CONFIG REWRITE) meanwhile.
 include $(conf_string "$REDIS_PERSISTENCE_CONF")
-bind $REDIS_BIND
-port $REDIS_PORT
 dir $(conf_string "$REDIS_DATA_DIR")
-requirepass $(conf_string "$REDIS_PASSWORD")
-# A demoted master must authenticate to the new one.
-masterauth $(conf_string "$REDIS_PASSWORD")
+# A replica (and a demoted master) authenticates to the master as the replica user.
+masteruser replica
+masterauth $(conf_string "$REDIS_USER_REPLICA_PASSWORD")
 # Known to replicas, sentinels and clients by its Service name: pod IPs change.
 replica-announce-ip $my_host
 # A broker must never drop messages: when memory is full, writes fail instead.
 maxmemory-policy noeviction
 EOF
+  listen_lines "$REDIS_PORT"
+  acl_users redis
+} >"$conf"
 
 if [ -n "$REDIS_MAXMEMORY" ]; then
   echo "maxmemory $REDIS_MAXMEMORY" >>"$conf"

@@ -13,14 +13,15 @@ sentinel_myid() {
   printf '%s' "$SENTINEL_ID_SEED-$1" | sha1sum | cut -c 1-40
 }
 
+: "${REDIS_USER_SENTINEL_PASSWORD:?REDIS_USER_SENTINEL_PASSWORD must be set}"
+
 discover_master
 conf=$REDIS_CONF_DIR/sentinel.conf
 # It holds the passwords.
 umask 077
-cat >"$conf" <<EOF
+{
+  cat <<EOF
 # Written by sentinel.sh at each start; Sentinel rewrites it as it learns.
-bind $REDIS_BIND
-port $SENTINEL_PORT
 dir $(conf_string "$REDIS_CONF_DIR")
 sentinel myid $(sentinel_myid "$REDIS_ORDINAL")
 # Nodes and sentinels are known by their Service names (pod IPs change); resolve them at
@@ -28,16 +29,20 @@ sentinel myid $(sentinel_myid "$REDIS_ORDINAL")
 sentinel resolve-hostnames yes
 sentinel announce-hostnames yes
 sentinel announce-ip $my_host
-requirepass $(conf_string "$REDIS_SENTINEL_PASSWORD")
-# Sentinels authenticate to each other with their own password.
-sentinel sentinel-pass $(conf_string "$REDIS_SENTINEL_PASSWORD")
+# Sentinels authenticate to each other as peer, to the Redis nodes as sentinel.
+sentinel sentinel-user peer
+sentinel sentinel-pass $(conf_string "$SENTINEL_USER_PEER_PASSWORD")
 sentinel monitor $REDIS_MASTER_NAME $master_host $REDIS_PORT $SENTINEL_QUORUM
-sentinel auth-pass $REDIS_MASTER_NAME $(conf_string "$REDIS_PASSWORD")
+sentinel auth-user $REDIS_MASTER_NAME sentinel
+sentinel auth-pass $REDIS_MASTER_NAME $(conf_string "$REDIS_USER_SENTINEL_PASSWORD")
 sentinel down-after-milliseconds $REDIS_MASTER_NAME $SENTINEL_DOWN_AFTER_MS
 sentinel failover-timeout $REDIS_MASTER_NAME $SENTINEL_FAILOVER_TIMEOUT_MS
 # After a failover one replica at a time resyncs; the others keep serving.
 sentinel parallel-syncs $REDIS_MASTER_NAME 1
 EOF
+  listen_lines "$SENTINEL_PORT"
+  acl_users sentinel
+} >"$conf"
 
 log "ordinal $REDIS_ORDINAL ($my_host) monitors $master_host as $REDIS_MASTER_NAME: $master_reason"
 exec redis-server "$conf" --sentinel
