@@ -82,8 +82,20 @@ def beat_command(settings: Settings) -> list[str]:
 
 
 def flower_command(settings: Settings) -> list[str]:
-    # Credentials travel in FLOWER_BASIC_AUTH (see main), never on the command line.
-    return ["celery", "--app", CELERY_APP, "flower", f"--port={settings.flower_port}"]
+    # Credentials travel in FLOWER_BASIC_AUTH (see main), never on the command line;
+    # flower_server puts Flower's /metrics behind that login too.
+    return [
+        sys.executable,
+        "-m",
+        "{{ cookiecutter.package_name }}.flower_server",
+        "--app",
+        CELERY_APP,
+        "flower",
+        f"--port={settings.flower_port}",
+        # A dashboard, not a producer: tasks are sent and cancelled through the API and its
+        # ledger, so Flower's apply, send, revoke and pool-control endpoints answer 403.
+        "--read_only=True",
+    ]
 {%- endif %}
 
 

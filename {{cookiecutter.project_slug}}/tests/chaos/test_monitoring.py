@@ -124,6 +124,24 @@ def test_flower_is_behind_auth_and_sees_workers_and_task_events(
     )
     task = flower.get(f"/api/task/info/{task_id}").json()
     assert task["worker"] == stack.worker_nodename("default"), task
+
+
+@pytest.mark.reliability("R35")
+def test_flower_shows_its_metrics_only_after_login_and_sends_no_task(
+    flower: httpx.Client,
+) -> None:
+    """/metrics names tasks and workers: behind the login (flower_server.py). Flower is a
+    dashboard: a task sent from it would bypass the API's allowlist and the ledger."""
+    anonymous = httpx.get(str(flower.base_url.join("/metrics")), timeout=20)
+    assert anonymous.status_code == 401, anonymous.text[:200]
+    metrics = flower.get("/metrics")
+    assert metrics.status_code == 200, metrics.text[:200]
+    assert "flower_events_total" in metrics.text
+    assert httpx.get(str(flower.base_url.join("/healthcheck")), timeout=20).status_code == 200
+
+    for endpoint in ("async-apply", "send-task"):
+        sent = flower.post(f"/api/task/{endpoint}/demo.echo", json={"kwargs": {"message": "x"}})
+        assert sent.status_code == 403, (endpoint, sent.text[:200])
 {%- endif %}
 
 

@@ -79,6 +79,7 @@ def test_api_runs_gunicorn_with_uvicorn_workers() -> None:
 def test_flower_credentials_stay_off_the_command_line() -> None:
     settings = make(flower_user="admin", flower_password="s3cret")
     command = command_for("flower", settings=settings)
+    assert command[1:3] == ["-m", "{{ cookiecutter.package_name }}.flower_server"]
     assert "flower" in command
     assert not any("s3cret" in part for part in command)
 {%- endif %}
