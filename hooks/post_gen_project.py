@@ -21,6 +21,7 @@ SECRET_PLACEHOLDERS = (
     "change-me-redis-beat-password",
     "change-me-redis-flower-password",
     "change-me-redis-exporter-password",
+    "change-me-redis-metrics-password",
     "change-me-redis-admin-password",
     "change-me-redis-replica-password",
     "change-me-redis-sentinel-user-password",

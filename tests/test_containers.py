@@ -435,7 +435,8 @@ def test_monitoring_profile_scrapes_every_target_and_loads_the_alert_rules(
 ) -> None:
     """Prometheus and Alertmanager of the `monitoring` profile against the running stack:
     every scrape target up (Flower through its basic auth, the password as a compose
-    secret) and every alert rule loaded. Grafana has no stand-in image here."""
+    secret; each Redis node through redis_exporter as the `metrics` user) and every alert
+    rule loaded. Grafana has no stand-in image here."""
     stack = default_stack
     stack.profiles.add("monitoring")
     stack.timed(
@@ -443,17 +444,40 @@ def test_monitoring_profile_scrapes_every_target_and_loads_the_alert_rules(
         *("--profile", "monitoring", "up", "--detach", "--wait", "prometheus", "alertmanager"),
     )
     prometheus = stack.url("PROMETHEUS_PORT")
-    expected_jobs = {"prometheus", "alertmanager", "api", "celery-exporter", "flower"}
+    expected_targets = {
+        *(("prometheus", "localhost:9090"), ("alertmanager", "alertmanager:9093")),
+        *(("api", "api:8000"), ("celery-exporter", "celery-exporter:9808")),
+        *(("flower", "flower:5555"), ("redis", "redis-master"), ("redis", "redis-replica")),
+    }
 
-    def targets() -> dict[str, str]:
+    def targets() -> dict[tuple[str, str], str]:
         body = httpx.get(f"{prometheus}/api/v1/targets", timeout=10).json()
         return {
-            target["labels"]["job"]: f"{target['health']} {target.get('lastError', '')}".strip()
+            (target["labels"]["job"], target["labels"]["instance"]): (
+                f"{target['health']} {target.get('lastError', '')}".strip()
+            )
             for target in body["data"]["activeTargets"]
         }
 
     assert wait_for(lambda: set(targets().values()) == {"up"}, 90, interval=3), targets()
-    assert set(targets()) == expected_jobs
+    assert set(targets()) == expected_targets
+
+    def query(expr: str) -> dict[str, float]:
+        body = httpx.get(f"{prometheus}/api/v1/query", params={"query": expr}, timeout=10).json()
+        return {
+            item["metric"]["instance"]: float(item["value"][1]) for item in body["data"]["result"]
+        }
+
+    # redis_exporter reached every node as `metrics` and read maxmemory (memory.conf's
+    # bound, REDIS_MAXMEMORY) from INFO: what RedisMemoryNearLimit divides by.
+    nodes = {"redis-master", "redis-replica"}
+    assert wait_for(lambda: set(query("redis_up == 1")) == nodes, 60, interval=3), query("redis_up")
+    number, unit = re.fullmatch(r"(\d+)(gb|mb|kb)", stack.dotenv()["REDIS_MAXMEMORY"]).groups()
+    bound = int(number) * 1024 ** ("kb", "mb", "gb").index(unit) * 1024
+    assert query("redis_memory_max_bytes") == dict.fromkeys(nodes, bound)
+    used = query("redis_memory_used_bytes")
+    assert set(used) == nodes, used
+    assert 0 < max(used.values()) < bound, used
     groups = httpx.get(f"{prometheus}/api/v1/rules", timeout=10).json()["data"]["groups"]
     alerts = {
         rule["name"] for group in groups for rule in group["rules"] if rule["type"] == "alerting"
@@ -463,6 +487,8 @@ def test_monitoring_profile_scrapes_every_target_and_loads_the_alert_rules(
         "CeleryQueueBacklogHigh",
         "CeleryWorkerDown",
         "CeleryTaskRuntimeHigh",
+        "RedisMemoryNearLimit",
+        "RedisExporterDown",
     } <= alerts, alerts
     manager = httpx.get(stack.url("ALERTMANAGER_PORT") + "/api/v2/status", timeout=10).json()
     assert manager["cluster"]["status"] in {"ready", "disabled"}, manager

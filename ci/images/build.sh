@@ -59,6 +59,7 @@ build_image standin/redis:7.2-$suite redis
 build_image standin/postgres:15-$suite postgres
 build_image standin/mariadb:10.11-$suite mariadb
 build_image standin/celery-exporter:0.11.2 celery-exporter
+build_image standin/redis-exporter:1.45-$suite redis-exporter
 build_image standin/prometheus:2-$suite prometheus
 build_image standin/alertmanager:0-$suite alertmanager
 log "stand-in images ready in $((SECONDS - started)) s"
@@ -69,6 +70,7 @@ REDIS_IMAGE=standin/redis:7.2-$suite
 POSTGRES_IMAGE=standin/postgres:15-$suite
 MARIADB_IMAGE=standin/mariadb:10.11-$suite
 CELERY_EXPORTER_IMAGE=standin/celery-exporter:0.11.2
+REDIS_EXPORTER_IMAGE=standin/redis-exporter:1.45-$suite
 PROMETHEUS_IMAGE=standin/prometheus:2-$suite
 ALERTMANAGER_IMAGE=standin/alertmanager:0-$suite
 VARS

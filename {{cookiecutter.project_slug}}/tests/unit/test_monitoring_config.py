@@ -39,12 +39,15 @@ SCRAPE_JOBS = {
     "alertmanager",
     "api",
     "celery-exporter",
+    "redis",
 {%- if cookiecutter.use_flower == "yes" %}
     "flower",
 {%- endif %}
 }
 # Jobs behind basic auth; the password comes from a compose secret file.
 AUTHENTICATED_JOBS: set[str] = {% if cookiecutter.use_flower == "yes" %}{"flower"}{% else %}set(){% endif %}
+# The Redis nodes redis_exporter scrapes (docker-compose.yml), one target each.
+REDIS_NODES = {% if cookiecutter.redis_mode == "sentinel" %}{"redis-master", "redis-replica"}{% else %}{"redis"}{% endif %}
 # R37: the four alerts the checklist asks for by name.
 CHECKLIST_ALERTS = {
     "CeleryTaskFailureRateHigh",
@@ -119,6 +122,24 @@ def test_prometheus_config_passes_promtool(tmp_path: Path) -> None:
     assert CONTAINER_RULES_PATH not in text
 
     assert_ok(run(promtool, "check", "config", str(checked)))
+
+
+@pytest.mark.reliability("R36")
+def test_every_redis_node_is_a_target_of_the_one_redis_exporter(tmp_path: Path) -> None:
+    """The multi-target pattern: every node is scraped through redis_exporter's
+    /scrape?target= and keeps its own instance label (promtool applies the relabeling)."""
+    promtool = require_binary("promtool", "prometheus")
+    jobs = {job["job_name"]: job for job in load_yaml(PROMETHEUS_CONFIG)["scrape_configs"]}
+    job_only = tmp_path / "redis-job.yml"
+    job_only.write_text(yaml.safe_dump({"scrape_configs": [jobs["redis"]]}), encoding="utf-8")
+    result = run(promtool, "check", "service-discovery", str(job_only), "redis")
+    assert_ok(result)
+    targets = [target["labels"] for target in json.loads(result.stdout)]
+    assert {labels["instance"] for labels in targets} == REDIS_NODES
+    for labels in targets:
+        assert labels["__address__"] == "redis-exporter:9121", labels
+        assert labels["__metrics_path__"] == "/scrape", labels
+        assert labels["__param_target"] == f"redis://{labels['instance']}:6379", labels
 
 
 @pytest.mark.reliability("R37")
