@@ -438,6 +438,7 @@ def test_monitoring_profile_scrapes_every_target_and_loads_the_alert_rules(
     secret; each Redis node through redis_exporter as the `metrics` user) and every alert
     rule loaded. Grafana has no stand-in image here."""
     stack = default_stack
+    stack.must("start", *OTHER_NODE)  # both nodes up, whichever test ran before
     stack.profiles.add("monitoring")
     stack.timed(
         "monitoring_up_s",
