@@ -73,6 +73,7 @@ def default_objects() -> set[tuple[str, str]]:
 {%- endif %}
 {%- if cookiecutter.use_celery_exporter == "yes" %}
     names |= {("Deployment", f"{FULLNAME}-exporter"), ("Service", f"{FULLNAME}-exporter")}
+    names |= {("Service", f"{FULLNAME}-redis-metrics")}
     components.append("exporter")
 {%- endif %}
     names |= {("NetworkPolicy", f"{FULLNAME}-{component}") for component in components}
@@ -293,6 +294,11 @@ def redis_secret_keys(container: Obj) -> set[str]:
     }
 
 
+def redis_node_containers(statefulset: Obj) -> list[Obj]:
+    """The Redis pods' redis and sentinel containers, which make and use every user."""
+    return [c for c in containers(statefulset) if c["name"] in {"redis", "sentinel"}]
+
+
 def redis_clients(objects: list[Obj]) -> Iterator[tuple[Obj, Obj]]:
     """(workload, container) of every container that reads a Redis password, Redis's own aside."""
     for workload in workloads(objects):
@@ -353,7 +359,7 @@ def test_the_redis_pods_make_every_user_of_users_acl_with_its_own_password(
         for where, user in users
     }
     statefulset = find(objects, "StatefulSet", f"{FULLNAME}-redis")
-    for container in containers(statefulset):
+    for container in redis_node_containers(statefulset):
         env = env_of(container)
         refs = {
             name: entry["valueFrom"]["secretKeyRef"]["key"]
@@ -384,7 +390,7 @@ def file_source(workload: Obj, container: Obj, path: str) -> tuple[str, str]:
 def test_redis_tls_serves_the_secret_s_certificate_and_the_apps_verify_it() -> None:
     objects = render({"redis": {"tls": TLS}, **KEDA})
     statefulset = find(objects, "StatefulSet", f"{FULLNAME}-redis")
-    for container in containers(statefulset):
+    for container in redis_node_containers(statefulset):
         env = env_of(container)
         assert env["REDIS_TLS"]["value"] == "true"
         for variable, key in (
@@ -445,6 +451,101 @@ def test_without_tls_no_pod_mounts_or_asks_for_it(objects: list[Obj]) -> None:
         assert not [v for v in pod_spec(workload)["volumes"] if "tls" in v["name"]]
         for container in containers(workload):
             assert not {"REDIS_TLS", "REDIS_TLS_CA_FILE"} & set(env_of(container))
+{%- if cookiecutter.use_celery_exporter == "yes" %}
+
+
+# --- redis_exporter beside each Redis node ------------------------------------------------
+def metrics_container(objects: list[Obj]) -> Obj:
+    statefulset = find(objects, "StatefulSet", f"{FULLNAME}-redis")
+    return next(c for c in containers(statefulset) if c["name"] == "metrics")
+
+
+def test_each_redis_pod_runs_redis_exporter_as_metrics_with_only_its_own_password(
+    objects: list[Obj],
+) -> None:
+    container = metrics_container(objects)
+    env = env_of(container)
+    assert env["REDIS_ADDR"]["value"] == "redis://localhost:6379"
+    assert env["REDIS_USER"]["value"] == "metrics"
+    assert env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": REDIS_SECRET,
+        "key": "redis-metrics",
+    }
+    # Its own password and no other: never admin's, nor a component's.
+    assert redis_secret_keys(container) == {"redis-metrics"}
+    assert "metrics" in acl_rules("redis")
+    # `metrics` may not run CONFIG (users.acl): the exporter must not ask for it.
+    assert env["REDIS_EXPORTER_CONFIG_COMMAND"]["value"] == "-"
+    assert "+config" not in acl_rules("redis")["metrics"]
+    assert "REDIS_EXPORTER_SKIP_TLS_VERIFICATION" not in env
+    assert {"name": "metrics", "containerPort": 9121, "protocol": "TCP"} in container["ports"]
+    assert container["readinessProbe"]["httpGet"] == {"path": "/health", "port": "metrics"}
+
+
+def test_redis_exporter_runs_the_compose_stack_s_image(objects: list[Obj]) -> None:
+    compose = (ROOT / "docker-compose.yml").read_text()
+    found = re.search(r"\$\{REDIS_EXPORTER_IMAGE:-([^}]+)\}", compose)
+    assert found, "docker-compose.yml has no REDIS_EXPORTER_IMAGE default"
+    assert metrics_container(objects)["image"] == found.group(1)
+
+
+def test_redis_exporter_speaks_tls_to_its_node_when_redis_does() -> None:
+    container = metrics_container(render({"redis": {"tls": TLS}}))
+    env = env_of(container)
+    assert env["REDIS_ADDR"]["value"] == "rediss://localhost:6379"
+    # The node's certificate names its Service, never localhost (see the StatefulSet).
+    assert env["REDIS_EXPORTER_SKIP_TLS_VERIFICATION"]["value"] == "true"
+    # It reads no TLS material, so the servers' key stays out of its reach.
+    assert [m["mountPath"] for m in container["volumeMounts"]] == ["/tmp"]
+    assert redis_secret_keys(container) == {"redis-metrics"}
+
+
+def test_redis_metrics_can_be_turned_off() -> None:
+    objects = render(
+        {
+            "redis": {"metrics": {"enabled": False}},
+            "monitoring": {"serviceMonitor": {"enabled": True}},
+        }
+    )
+    statefulset = find(objects, "StatefulSet", f"{FULLNAME}-redis")
+    assert [c["name"] for c in containers(statefulset)] == ["redis", "sentinel"]
+    leftovers = [o for o in objects if o["metadata"]["name"] == f"{FULLNAME}-redis-metrics"]
+    assert leftovers == [], "a redis-metrics object without its exporter"
+
+
+def relabelled(labels: dict[str, str], rules: list[Obj]) -> dict[str, str]:
+    """A target's labels after Prometheus's `replace` relabelings (the default action)."""
+    out = dict(labels)
+    for rule in rules:
+        assert rule.get("action", "replace").lower() == "replace", rule
+        sources = [out.get(name, "") for name in rule.get("sourceLabels", [])]
+        value = rule.get("separator", ";").join(sources)
+        match = re.fullmatch(rule.get("regex", "(.*)"), value)
+        if match:
+            replacement = re.sub(r"\$\{?(\d+)\}?", r"\\g<\1>", rule.get("replacement", "$1"))
+            out[rule["targetLabel"]] = match.expand(replacement)
+    return out
+
+
+def test_the_redis_service_monitor_labels_each_node_as_the_alert_rules_read_it() -> None:
+    objects = render({"monitoring": {"serviceMonitor": {"enabled": True}}})
+    monitor = find(objects, "ServiceMonitor", f"{FULLNAME}-redis-metrics")
+    service = find(objects, "Service", f"{FULLNAME}-redis-metrics")
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["port"] == "metrics"
+    pod = f"{FULLNAME}-redis-1"
+    # What the operator sets before the endpoint's own relabelings: job = the Service.
+    target = {
+        "job": service["metadata"]["name"],
+        "instance": "10.0.0.7:9121",
+        "__meta_kubernetes_pod_name": pod,
+    }
+    labels = relabelled(target, endpoint["relabelings"])
+    assert (labels["job"], labels["instance"]) == ("redis", pod)
+    # The job RedisExporterDown reads (deploy/prometheus/alerts.yml, the PrometheusRule).
+    alerts = (ROOT / "deploy" / "prometheus" / "alerts.yml").read_text()
+    assert 'up{job="' + labels["job"] + '"}' in alerts
+{%- endif %}
 
 
 # --- beat, migrations ------------------------------------------------------------------------
@@ -520,7 +621,7 @@ def test_redis_pods_spread_over_nodes(mode: str, field: str | None) -> None:
 
 def test_redis_master_hands_over_before_its_pod_stops(objects: list[Obj]) -> None:
     statefulset = find(objects, "StatefulSet", f"{FULLNAME}-redis")
-    redis, sentinel = containers(statefulset)
+    redis, sentinel = redis_node_containers(statefulset)
     prestop = " ".join(redis["lifecycle"]["preStop"]["exec"]["command"])
     assert "sh /opt/redis-scripts/prestop.sh" in prestop
     grace = pod_spec(statefulset)["terminationGracePeriodSeconds"]

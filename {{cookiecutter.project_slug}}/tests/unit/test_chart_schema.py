@@ -368,6 +368,16 @@ INVALID = [
         ["at '/exporter/queues/0'", "'high', 'default', 'low', 'dead'"],
         id="exporter-queue-urgent",
     ),
+    pytest.param(
+        {"redis": {"metrics": {"enable": False}}},
+        ["at '/redis/metrics': additional properties 'enable' not allowed"],
+        id="redis-metrics-misspelt",
+    ),
+    pytest.param(
+        {"redis": {"metrics": {"image": {"tag": ""}}}},
+        ["at '/redis/metrics/image/tag'", "minLength: got 0, want 1"],
+        id="redis-metrics-unpinned",
+    ),
 {%- endif %}
 ]
 

@@ -333,8 +333,8 @@ EXPECTED_CUSTOM_RESOURCES: dict[str, dict[str, int]] = {
     "workers-keda": {"ScaledObject": WORKER_GROUPS, "TriggerAuthentication": 1},
     "redis-tls": {"ScaledObject": 1, "TriggerAuthentication": 1},
 {%- if cookiecutter.use_celery_exporter == "yes" %}
-    # One ServiceMonitor for the metrics Deployment, one for the API's /metrics.
-    "monitoring": {"ServiceMonitor": 2, "PrometheusRule": 1},
+    # One ServiceMonitor each: the metrics Deployment, the API's /metrics, redis_exporter.
+    "monitoring": {"ServiceMonitor": 3, "PrometheusRule": 1},
 {%- endif %}
 }
 

@@ -404,13 +404,14 @@ def expected_flows(values: Mapping[str, Any]) -> set[tuple[str, str, int]]:
     internal = values.get("database", {}).get("internal", {}).get("enabled", False)
     if internal:
         flows |= {(client, "database", DATABASE_PORT) for client in DATABASE_CLIENTS}
-    # From outside the release: users to the API{% if cookiecutter.use_flower == "yes" %} and Flower{% endif %}, Prometheus to the metrics ports.
+    # From outside the release: users to the API{% if cookiecutter.use_flower == "yes" %} and Flower{% endif %}, Prometheus to the metrics ports{% if cookiecutter.use_celery_exporter == "yes" %}
+    # (the Redis pods' redis_exporter among them){% endif %}.
     flows |= {("outside", "api", 8000)}
 {%- if cookiecutter.use_flower == "yes" %}
     flows |= {("outside", "flower", 5555)}
 {%- endif %}
 {%- if cookiecutter.use_celery_exporter == "yes" %}
-    flows |= {("outside", "exporter", 9808)}
+    flows |= {("outside", "exporter", 9808), ("outside", "redis", 9121)}
 {%- endif %}
     return flows
 
@@ -469,3 +470,29 @@ def test_restricting_who_reaches_the_api_keeps_metrics_scrapes() -> None:
     assert allowed(policies, Peer({}, "gateway"), api, 8000)
     assert allowed(policies, Peer({}, "monitoring"), api, 8000)
     assert not allowed(policies, Peer({}, "elsewhere"), api, 8000)
+{%- if cookiecutter.use_celery_exporter == "yes" %}
+
+
+def test_redis_exporter_port_is_open_to_metrics_from_only() -> None:
+    monitoring = {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}
+    }
+    values: dict[str, Any] = {"networkPolicies": {"metricsFrom": [monitoring]}}
+    objects = render(values)
+    policies = of_kind(objects, "NetworkPolicy")
+    templates = pods(objects)
+    redis = next(pod for pod in templates if component(pod) == "redis")
+    assert redis.ports["metrics"] == 9121
+    target = Peer(redis.labels)
+    assert allowed(policies, Peer({}, "monitoring"), target, 9121)
+    assert not allowed(policies, Peer({}, "elsewhere"), target, 9121)
+    # Prometheus gets the metrics, never the node itself.
+    assert not allowed(policies, Peer({}, "monitoring"), target, 6379)
+    for pod in templates:
+        if component(pod) != "redis":
+            assert not allowed(policies, Peer(pod.labels), target, 9121), pod.owner
+    # Turned off, the port is closed again.
+    values["redis"] = {"metrics": {"enabled": False}}
+    closed = of_kind(render(values), "NetworkPolicy")
+    assert not allowed(closed, Peer({}, "monitoring"), target, 9121)
+{%- endif %}

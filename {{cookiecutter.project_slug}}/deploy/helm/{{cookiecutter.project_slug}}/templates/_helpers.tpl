@@ -181,6 +181,14 @@ list of "<side>-<user>" (side: redis or sentinel): the Redis Secret's keys, one 
 {{- printf "%s_USER_%s_PASSWORD" (upper $side) (trimPrefix (printf "%s-" $side) . | upper | replace "-" "_") -}}
 {{- end -}}
 
+{{/*
+"true" when the Redis pods run redis_exporter (redis.metrics.enabled), else empty. A
+project generated without the metrics user (users.acl) has no redis.metrics at all.
+*/}}
+{{- define "chart.redisMetricsEnabled" -}}
+{{- if and .Values.redis.enabled (dig "metrics" "enabled" false .Values.redis) -}}true{{- end -}}
+{{- end -}}
+
 {{/* Where the pods find the Redis TLS material (redis.tls). */}}
 {{- define "chart.redisTlsDir" -}}/etc/redis-tls{{- end -}}
 
