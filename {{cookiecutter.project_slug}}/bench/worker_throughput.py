@@ -101,8 +101,18 @@ def wait_last_done(
             if not worker.running:
                 raise RuntimeError(f"{worker.name} exited mid-run\n{worker.log_tail()}")
             if time.monotonic() > deadline:
-                missing = sum(1 for at in done if at is None)
-                raise TimeoutError(f"{missing} of {len(ids)} tasks unfinished\n{worker.log_tail()}")
+                missing = [task_id for task_id, at in zip(ids, done, strict=True) if at is None]
+                # Every log line naming them, and the tail: which stage each one reached.
+                traces = [
+                    line
+                    for line in worker.log_text().splitlines()
+                    if any(m in line for m in missing)
+                ]
+                raise TimeoutError(
+                    f"{len(missing)} of {len(ids)} tasks unfinished: {missing}\n"
+                    + "\n".join(traces)
+                    + f"\n{worker.log_tail(120)}"
+                )
             time.sleep(DONE_POLL_SECONDS)
 
 
