@@ -122,7 +122,8 @@ worker_prefetch_multiplier = 1
 # R21: a redelivered message whose result is already SUCCESS is skipped, not re-run.
 worker_deduplicate_successful_tasks = True
 # On broker connection loss, cancel running tasks: they will be redelivered anyway, and
-# finishing them too would run the same task twice in parallel.
+# finishing them too would run the same task twice in parallel (LedgerRequest.cancel frees
+# their ledger rows for the copy, or for reconcile if the message died with the master).
 worker_cancel_long_running_tasks_on_connection_loss = True
 
 # --- Serialisation (R06, R07) -----------------------------------------------------------

@@ -33,7 +33,7 @@ from {{ cookiecutter.package_name }}.ledger.models import (
 from {{ cookiecutter.package_name }}.ledger.publish import new_row
 from {{ cookiecutter.package_name }}.ledger.reconcile import rescue_orphans
 from {{ cookiecutter.package_name }}.ledger.statements import HEARTBEATS, LEDGER
-from {{ cookiecutter.package_name }}.ledger.tracking import Claim, claim, release
+from {{ cookiecutter.package_name }}.ledger.tracking import Claim, claim, release, requeue
 from {{ cookiecutter.package_name }}.settings import Settings, get_settings
 from {{ cookiecutter.package_name }}.tasks import demo
 from {{ cookiecutter.package_name }}.tasks.base import RETRY_OF_HEADER
@@ -215,6 +215,18 @@ def test_a_released_claim_lets_the_requeued_message_run() -> None:
     assert claim(task_id, "default@here") == (Claim.RUN, 2)
     assert claim(task_id, "default@here") == (Claim.HELD, 2)
     release(task_id)
+    assert claim(task_id, "default@here") == (Claim.RUN, 3)
+
+
+def test_a_run_cancelled_on_a_connection_loss_is_published_again_and_free() -> None:
+    """Celery cancelled it (the broker connection dropped): a returning copy claims it, and
+    if none comes, the reconcile job's rule for PUBLISHED rows sends it again."""
+    heartbeats.beat("default@here", ["default"])
+    task_id = a_task(TaskState.PUBLISHED, None)
+    assert claim(task_id, "default@here") == (Claim.RUN, 2)
+    requeue(task_id)
+    record = row_of(task_id)
+    assert (record.state, record.incarnation) == (TaskState.PUBLISHED, None)
     assert claim(task_id, "default@here") == (Claim.RUN, 3)
 
 

@@ -107,6 +107,10 @@ RELEASE = (
     .values(incarnation=None)
 )
 
+# Celery cancelled the run on a broker connection loss (`owner`: this process): PUBLISHED
+# again and free, so the message's returning copy runs, or reconcile re-sends a lost one.
+REQUEUE = RELEASE.values(state=TaskState.PUBLISHED)
+
 # Any later state (`state`; `error` and `finished_at` may be None to keep the old value).
 MARK = (
     update(LEDGER)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from enum import Enum
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, Executable, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -92,11 +92,21 @@ def record_retry(task_id: str, error: str, delay: float) -> None:
 
 def release(task_id: str) -> None:
     """The pool process running the task died: its requeued message may run at once."""
+    _free(statements.RELEASE, task_id)
+
+
+def requeue(task_id: str) -> None:
+    """Celery cancelled the run (broker connection lost): PUBLISHED again, free to claim;
+    the reconcile job re-sends it if its message was lost with a failed master."""
+    _free(statements.REQUEUE, task_id)
+
+
+def _free(statement: Executable, task_id: str) -> None:
     try:
         with single_statement() as connection:
-            connection.execute(statements.RELEASE, {"task_id": task_id, "owner": INCARNATION})
+            connection.execute(statement, {"task_id": task_id, "owner": INCARNATION})
     except SQLAlchemyError as exc:
-        # The requeued copy is then refused as HELD, and the row waits for the reconcile
+        # A returning copy is then refused as HELD, and the row waits for the reconcile
         # job's rule for stale STARTED rows.
         logger.error(
             "ledger unreachable; claim not released",

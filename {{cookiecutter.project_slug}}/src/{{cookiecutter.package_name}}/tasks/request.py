@@ -11,7 +11,7 @@ from celery.worker.request import Request
 from celery.worker.state import task_ready
 
 from {{ cookiecutter.package_name }}.ledger.publish import REDISPATCH_HEADER
-from {{ cookiecutter.package_name }}.ledger.tracking import is_final, release
+from {{ cookiecutter.package_name }}.ledger.tracking import is_final, release, requeue
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +55,17 @@ class LedgerRequest(Request):
         if isinstance(exc, WorkerLostError | SystemExit | KeyboardInterrupt):
             release(self.id)
         super().on_failure(exc_info, *args, **kwargs)
+
+    def cancel(self, pool: Any, signal: Any = None, emit_retry: bool = True) -> None:
+        """Celery cancels a running late-ack task when the broker connection drops
+        (worker_cancel_long_running_tasks_on_connection_loss). Its message comes back, or
+        is lost with a failed master: the row goes back to PUBLISHED, free to claim, so a
+        returning copy runs at once and a lost one is re-sent by the reconcile job. Kept
+        STARTED by this live process, it would hold off the copy and escape the sweep."""
+        running = bool(self.time_start)
+        super().cancel(pool, signal, emit_retry=emit_retry)
+        if running:
+            requeue(self.id)
 
     @property
     def may_be_a_copy(self) -> bool:
