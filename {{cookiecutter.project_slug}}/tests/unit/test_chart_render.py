@@ -285,13 +285,22 @@ def component_of(obj: Obj) -> str:
     return label
 
 
-def redis_secret_keys(container: Obj) -> set[str]:
+def secret_sources(workload: Obj, container: Obj) -> dict[str, tuple[str, str]]:
+    """Setting -> (Secret, key) of every secret a container reads: a `secretKeyRef`
+    variable, or a <NAME>_FILE variable followed through its mount to the Secret."""
+    sources = {}
+    for name, entry in env_of(container).items():
+        reference = entry.get("valueFrom", {}).get("secretKeyRef")
+        if reference:
+            sources[name] = (reference["name"], reference["key"])
+        elif name.endswith("_FILE") and str(entry.get("value", "")).startswith("/run/secrets/"):
+            sources[name.removesuffix("_FILE")] = file_source(workload, container, entry["value"])
+    return sources
+
+
+def redis_secret_keys(workload: Obj, container: Obj) -> set[str]:
     """The keys of the Redis Secret a container reads."""
-    return {
-        entry["valueFrom"]["secretKeyRef"]["key"]
-        for entry in container.get("env", [])
-        if entry.get("valueFrom", {}).get("secretKeyRef", {}).get("name") == REDIS_SECRET
-    }
+    return {key for secret, key in secret_sources(workload, container).values() if secret == REDIS_SECRET}
 
 
 def redis_node_containers(statefulset: Obj) -> list[Obj]:
@@ -305,7 +314,7 @@ def redis_clients(objects: list[Obj]) -> Iterator[tuple[Obj, Obj]]:
         if workload["kind"] == "StatefulSet" and component_of(workload) == "redis":
             continue
         for container in containers(workload):
-            if redis_secret_keys(container):
+            if redis_secret_keys(workload, container):
                 yield workload, container
 
 
@@ -315,30 +324,25 @@ def test_every_component_is_its_own_redis_user(objects: list[Obj]) -> None:
         component = component_of(workload)
         user = REDIS_USERS[component]
         env = env_of(container)
+        secrets = secret_sources(workload, container)
         where = f"{workload['metadata']['name']}/{container['name']}"
         assert env["REDIS_USERNAME"]["value"] == user, where
-        assert env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
-            "name": REDIS_SECRET,
-            "key": f"redis-{user}",
-        }, where
+        assert secrets["REDIS_PASSWORD"] == (REDIS_SECRET, f"redis-{user}"), where
         assert env["REDIS_SENTINEL_USERNAME"]["value"] == "client", where
-        assert env["REDIS_SENTINEL_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
-            "name": REDIS_SECRET,
-            "key": "sentinel-client",
-        }, where
+        assert secrets["REDIS_SENTINEL_PASSWORD"] == (REDIS_SECRET, "sentinel-client"), where
         seen.add(component)
     assert seen == set(REDIS_USERS)
     assert set(REDIS_USERS.values()) <= set(acl_rules("redis"))
     # The migrations touch only the ledger: no Redis password at all.
     migrate = find(objects, "Job", f"{FULLNAME}-migrate-1")
-    assert not any(redis_secret_keys(c) for c in containers(migrate))
+    assert not any(redis_secret_keys(migrate, c) for c in containers(migrate))
 
 
 def test_no_component_gets_another_user_s_password() -> None:
     objects = render(KEDA)
     for workload, container in redis_clients(objects):
         own = {f"redis-{REDIS_USERS[component_of(workload)]}", "sentinel-client"}
-        keys = redis_secret_keys(container)
+        keys = redis_secret_keys(workload, container)
         assert keys == own, f"{workload['metadata']['name']}: {sorted(keys - own)}"
         assert not keys & {"redis-admin", "sentinel-peer"}
     auth = find(objects, "TriggerAuthentication", f"{FULLNAME}-redis")
@@ -463,6 +467,7 @@ def metrics_container(objects: list[Obj]) -> Obj:
 def test_each_redis_pod_runs_redis_exporter_as_metrics_with_only_its_own_password(
     objects: list[Obj],
 ) -> None:
+    statefulset = find(objects, "StatefulSet", f"{FULLNAME}-redis")
     container = metrics_container(objects)
     env = env_of(container)
     assert env["REDIS_ADDR"]["value"] == "redis://localhost:6379"
@@ -472,7 +477,7 @@ def test_each_redis_pod_runs_redis_exporter_as_metrics_with_only_its_own_passwor
         "key": "redis-metrics",
     }
     # Its own password and no other: never admin's, nor a component's.
-    assert redis_secret_keys(container) == {"redis-metrics"}
+    assert redis_secret_keys(statefulset, container) == {"redis-metrics"}
     assert "metrics" in acl_rules("redis")
     # `metrics` may not run CONFIG (users.acl): the exporter must not ask for it.
     assert env["REDIS_EXPORTER_CONFIG_COMMAND"]["value"] == "-"
@@ -490,14 +495,16 @@ def test_redis_exporter_runs_the_compose_stack_s_image(objects: list[Obj]) -> No
 
 
 def test_redis_exporter_speaks_tls_to_its_node_when_redis_does() -> None:
-    container = metrics_container(render({"redis": {"tls": TLS}}))
+    objects = render({"redis": {"tls": TLS}})
+    statefulset = find(objects, "StatefulSet", f"{FULLNAME}-redis")
+    container = metrics_container(objects)
     env = env_of(container)
     assert env["REDIS_ADDR"]["value"] == "rediss://localhost:6379"
     # The node's certificate names its Service, never localhost (see the StatefulSet).
     assert env["REDIS_EXPORTER_SKIP_TLS_VERIFICATION"]["value"] == "true"
     # It reads no TLS material, so the servers' key stays out of its reach.
     assert [m["mountPath"] for m in container["volumeMounts"]] == ["/tmp"]
-    assert redis_secret_keys(container) == {"redis-metrics"}
+    assert redis_secret_keys(statefulset, container) == {"redis-metrics"}
 
 
 def test_redis_metrics_can_be_turned_off() -> None:
@@ -566,7 +573,7 @@ def test_migrations_are_a_plain_job_per_revision_that_app_pods_wait_for(objects:
     assert containers(job)[0]["command"] == ["/app/deploy/entrypoints/migrate.sh"]
     for workload in of_kind(objects, "Deployment"):
         init = [c["name"] for c in pod_spec(workload).get("initContainers", [])]
-        uses_ledger = "DATABASE_URL" in env_of(containers(workload)[-1])
+        uses_ledger = "DATABASE_URL_FILE" in env_of(containers(workload)[-1])
         assert (init == ["wait-for-migrations"]) == uses_ledger, workload["metadata"]["name"]
 
 
@@ -689,9 +696,37 @@ def test_no_secret_appears_in_plain_text() -> None:
             assert secret not in text, f"{where} shows a secret value"
     for workload in workloads(objects):
         for container in containers(workload):
+            files = secret_sources(workload, container)
             for entry in container.get("env", []):
-                if SECRET_NAMES.search(entry["name"]):
-                    assert "valueFrom" in entry, f"{container['name']}: {entry['name']} has a value"
+                name = entry["name"].removesuffix("_FILE")
+                if SECRET_NAMES.search(name) and entry["name"] != "REDIS_TLS_KEY_FILE":
+                    where = f"{container['name']}: {entry['name']}"
+                    assert "valueFrom" in entry or name in files, f"{where} has a value"
+
+
+#: Consumers that read no secret file: the exporters and the Redis pods' scripts.
+SECRETS_AS_VARIABLES = {"exporter", "redis", "metrics", "sentinel"}
+
+
+def test_app_pods_and_the_database_read_their_secrets_as_files() -> None:
+    objects = render({"database": {"internal": {"enabled": True}, "external": {"url": ""}}})
+    checked = set()
+    for workload in workloads(objects):
+        for container in containers(workload):
+            if container["name"] in SECRETS_AS_VARIABLES:
+                continue
+            where = f"{workload['metadata']['name']}/{container['name']}"
+            as_variables = [e["name"] for e in container.get("env", []) if "valueFrom" in e]
+            assert not as_variables, f"{where}: {as_variables} in the environment"
+            for entry in container.get("env", []):
+                if entry["name"].endswith("_FILE") and entry["value"].startswith("/run/secrets/"):
+                    file_source(workload, container, entry["value"])  # resolves to a key
+                    checked.add(entry["name"])
+    assert {"REDIS_PASSWORD_FILE", "REDIS_SENTINEL_PASSWORD_FILE", "DATABASE_URL_FILE"} <= checked
+    assert "POSTGRES_PASSWORD_FILE" in checked or "MARIADB_PASSWORD_FILE" in checked
+{%- if cookiecutter.use_flower == "yes" %}
+    assert "FLOWER_PASSWORD_FILE" in checked
+{%- endif %}
 
 
 def test_existing_secrets_replace_the_generated_ones() -> None:
@@ -706,10 +741,11 @@ def test_existing_secrets_replace_the_generated_ones() -> None:
     }
     objects = render(values)
     assert not of_kind(objects, "Secret"), "a Secret is still generated"
-    api = containers(find(objects, "Deployment", f"{FULLNAME}-api"))[-1]
-    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in api["env"] if "valueFrom" in e}
-    assert refs["DATABASE_URL"] == {"name": "my-db", "key": "dsn"}
-    assert refs["REDIS_PASSWORD"]["name"] == "my-redis"
+    deployment = find(objects, "Deployment", f"{FULLNAME}-api")
+    api = containers(deployment)[-1]
+    sources = secret_sources(deployment, api)
+    assert sources["DATABASE_URL"] == ("my-db", "dsn")
+    assert sources["REDIS_PASSWORD"][0] == "my-redis"
     assert {"secretRef": {"name": "my-app"}} in api["envFrom"]
 
 

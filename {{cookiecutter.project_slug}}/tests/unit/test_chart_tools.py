@@ -96,9 +96,9 @@ SKIPPED_CHECKS: dict[str, str] = {
         " registry"
     ),
     "CKV_K8S_35": (
-        "Prefer secrets as files: the application reads its settings from environment"
-        " variables (settings.py, one per field); credentials arrive as `secretKeyRef`"
-        " variables, never as text in the pod spec"
+        "Prefer secrets as files: the application pods and the database do (<NAME>_FILE);"
+        " the exporters read their Redis password only from a variable and the Redis pods'"
+        " scripts take the users' passwords as `secretKeyRef` variables, never as text"
     ),
 }
 

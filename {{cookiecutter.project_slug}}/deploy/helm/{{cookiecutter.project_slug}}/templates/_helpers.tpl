@@ -193,26 +193,18 @@ project generated without the metrics user (users.acl) has no redis.metrics at a
 {{- define "chart.redisTlsDir" -}}/etc/redis-tls{{- end -}}
 
 {{/*
-One component's Redis credentials as environment variables: its own user of users.acl on
-Redis and Sentinel's `client` user (lookups only), passwords from the Redis Secret; with
-redis.tls the TLS settings (settings.py) too. Call with (dict "ctx" $ "user" USER).
+One component's Redis identity as environment variables: its own user of users.acl on
+Redis and Sentinel's `client` user (lookups only); with redis.tls the TLS settings
+(settings.py) too. The passwords come as files (chart.appSecretFiles), or as variables
+for a consumer that reads no file (chart.redisPasswordEnv). Call with (dict "ctx" $
+"user" USER).
 */}}
-{{- define "chart.redisUserEnv" -}}
+{{- define "chart.redisClientEnv" -}}
 {{- $ctx := .ctx -}}
 - name: REDIS_USERNAME
   value: {{ .user | quote }}
-- name: REDIS_PASSWORD
-  valueFrom:
-    secretKeyRef:
-      name: {{ include "chart.redisSecretName" $ctx }}
-      key: redis-{{ .user }}
 - name: REDIS_SENTINEL_USERNAME
   value: client
-- name: REDIS_SENTINEL_PASSWORD
-  valueFrom:
-    secretKeyRef:
-      name: {{ include "chart.redisSecretName" $ctx }}
-      key: sentinel-client
 {{- with $ctx.Values.redis.tls }}
 {{- if .enabled }}
 - name: REDIS_TLS
@@ -227,6 +219,20 @@ redis.tls the TLS settings (settings.py) too. Call with (dict "ctx" $ "user" USE
 {{- end }}
 {{- end }}
 {{- end }}
+{{- end -}}
+
+{{/* A user's Redis and Sentinel passwords as variables. Call with (dict "ctx" $ "user" USER). */}}
+{{- define "chart.redisPasswordEnv" -}}
+- name: REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "chart.redisSecretName" .ctx }}
+      key: redis-{{ .user }}
+- name: REDIS_SENTINEL_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "chart.redisSecretName" .ctx }}
+      key: sentinel-client
 {{- end -}}
 
 {{/*
@@ -277,12 +283,66 @@ Renders nothing with TLS off. Call with the root context.
 {{- ternary .Values.database.external.urlKey "url" (and (not .Values.database.internal.enabled) (ne .Values.database.external.existingSecret "")) -}}
 {{- end -}}
 
-{{- define "chart.databaseUrlEnv" -}}
-- name: DATABASE_URL
-  valueFrom:
-    secretKeyRef:
-      name: {{ include "chart.databaseSecretName" . }}
-      key: {{ include "chart.databaseUrlKey" . }}
+{{/* The ledger database's URL as a secret file (chart.secretFiles). */}}
+{{- define "chart.databaseUrlFile" -}}
+{{- dict "variable" "DATABASE_URL" "secret" (include "chart.databaseSecretName" .) "key" (include "chart.databaseUrlKey" .) | toJson -}}
+{{- end -}}
+
+{{/* -- Secrets as files -------------------------------------------------------------- */}}
+{{/*
+Why files: settings.py reads <NAME>_FILE, so a secret never sits in the environment, where
+every child process, a crash dump and `kubectl describe` would show it. Each entry is
+{variable, secret, key}: the pod's projected volume holds the key under the variable's
+name, and the container gets <variable>_FILE pointing at it.
+*/}}
+{{- define "chart.secretFilesDir" -}}/run/secrets/app{{- end -}}
+
+{{- define "chart.secretFileName" -}}{{ lower . | replace "_" "-" }}{{- end -}}
+
+{{/* The <NAME>_FILE variables. Call with (dict "ctx" $ "files" LIST). */}}
+{{- define "chart.secretFileEnv" -}}
+{{- $ctx := .ctx -}}
+{{- range .files }}
+- name: {{ .variable }}_FILE
+  value: {{ include "chart.secretFilesDir" $ctx }}/{{ include "chart.secretFileName" .variable }}
+{{- end }}
+{{- end -}}
+
+{{- define "chart.secretFilesMount" -}}
+- name: secret-files
+  mountPath: {{ include "chart.secretFilesDir" . }}
+  readOnly: true
+{{- end -}}
+
+{{/* The pod's volume of the files. Call with a LIST of entries. */}}
+{{- define "chart.secretFilesVolume" -}}
+- name: secret-files
+  projected:
+    # Readable by the pod's group (fsGroup) only.
+    defaultMode: 0440
+    sources:
+      {{- range . }}
+      - secret:
+          name: {{ .secret }}
+          items:
+            - {key: {{ .key | quote }}, path: {{ include "chart.secretFileName" .variable }}}
+      {{- end }}
+{{- end -}}
+
+{{/*
+What an app pod reads as secret files (a JSON list for chart.secretFiles*): its Redis
+user's passwords, the database URL unless "database" is false, and "secrets" (extra
+entries). Call with the dict given to chart.appContainerCommon.
+*/}}
+{{- define "chart.appSecretFiles" -}}
+{{- $redis := include "chart.redisSecretName" .ctx -}}
+{{- $files := list
+  (dict "variable" "REDIS_PASSWORD" "secret" $redis "key" (printf "redis-%s" .user))
+  (dict "variable" "REDIS_SENTINEL_PASSWORD" "secret" $redis "key" "sentinel-client") -}}
+{{- if (hasKey . "database" | ternary .database true) -}}
+{{- $files = append $files (include "chart.databaseUrlFile" .ctx | fromJson) -}}
+{{- end -}}
+{{- concat $files (.secrets | default list) | toJson -}}
 {{- end -}}
 
 {{/* -- What every app pod gets --------------------------------------------------------- */}}
@@ -319,7 +379,8 @@ checksum/app-secret: {{ include (print .Template.BasePath "/app/secret.yaml") . 
 
 {{/*
 The app container's fixed part. Call with (dict "ctx" $ "values" COMPONENT_VALUES "user"
-REDIS_USER), plus "database" false for a pod that never touches the ledger.
+REDIS_USER), plus "database" false for a pod that never touches the ledger and "secrets"
+for more secret files (chart.appSecretFiles); chart.appVolumes takes the same dict.
 */}}
 {{- define "chart.appContainerCommon" -}}
 image: {{ include "chart.image" .ctx }}
@@ -327,10 +388,8 @@ imagePullPolicy: {{ .ctx.Values.image.pullPolicy }}
 securityContext:
   {{- include "chart.containerSecurityContext" . | nindent 2 }}
 env:
-  {{- include "chart.redisUserEnv" (dict "ctx" .ctx "user" (required "chart.appContainerCommon needs a Redis user" .user)) | nindent 2 }}
-  {{- if (hasKey . "database" | ternary .database true) }}
-  {{- include "chart.databaseUrlEnv" .ctx | nindent 2 }}
-  {{- end }}
+  {{- include "chart.redisClientEnv" (dict "ctx" .ctx "user" (required "chart.appContainerCommon needs a Redis user" .user)) | nindent 2 }}
+  {{- include "chart.secretFileEnv" (dict "ctx" .ctx "files" (include "chart.appSecretFiles" . | fromJsonArray)) | nindent 2 }}
   {{- with .values.extraEnv }}
   {{- toYaml . | nindent 2 }}
   {{- end }}
@@ -341,6 +400,7 @@ envFrom:
   {{- end }}
 volumeMounts:
   {{- include "chart.tmpMount" . | nindent 2 }}
+  {{- include "chart.secretFilesMount" .ctx | nindent 2 }}
   {{- include "chart.redisTlsMount" .ctx | nindent 2 }}
   {{- with .values.extraVolumeMounts }}
   {{- toYaml . | nindent 2 }}
@@ -349,7 +409,10 @@ resources:
   {{- toYaml .values.resources | nindent 2 }}
 {{- end -}}
 
-{{/* Holds an app pod until the migrations Job has brought the schema up to date. */}}
+{{/*
+Holds an app pod until the migrations Job has brought the schema up to date. It reads the
+database URL from the pod's secret files (chart.appVolumes).
+*/}}
 {{- define "chart.waitForMigrations" -}}
 - name: wait-for-migrations
   image: {{ include "chart.image" . }}
@@ -358,23 +421,28 @@ resources:
   securityContext:
     {{- include "chart.containerSecurityContext" . | nindent 4 }}
   env:
-    {{- include "chart.databaseUrlEnv" . | nindent 4 }}
+    {{- include "chart.secretFileEnv" (dict "ctx" . "files" (list (include "chart.databaseUrlFile" . | fromJson))) | nindent 4 }}
   envFrom:
     - configMapRef:
         name: {{ include "chart.fullname" . }}-app
   volumeMounts:
     {{- include "chart.tmpMount" . | nindent 4 }}
+    {{- include "chart.secretFilesMount" . | nindent 4 }}
   resources:
     {{- toYaml .Values.migrations.resources | nindent 4 }}
 {{- end -}}
 
 {{/*
-A Redis client pod's volumes: /tmp, the Redis TLS material (redis.tls) and the
-component's extras. Call with (dict "ctx" $ "values" COMPONENT_VALUES).
+A pod's volumes: /tmp, the Redis TLS material (redis.tls), the component's extras, and
+with a "user" its secret files (chart.appSecretFiles). Call with (dict "ctx" $ "values"
+COMPONENT_VALUES ...), the dict given to chart.appContainerCommon.
 */}}
 {{- define "chart.appVolumes" -}}
 volumes:
   {{- include "chart.tmpVolume" . | nindent 2 }}
+  {{- if .user }}
+  {{- include "chart.secretFilesVolume" (include "chart.appSecretFiles" . | fromJsonArray) | nindent 2 }}
+  {{- end }}
   {{- include "chart.redisTlsVolume" .ctx | nindent 2 }}
   {{- with .values.extraVolumes }}
   {{- toYaml . | nindent 2 }}
