@@ -27,7 +27,7 @@ as_root() {
 postgres_bin() {
   # The newest installed cluster binaries (Debian keeps them out of PATH).
   local dir
-  for dir in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V -r); do
+  for dir in $(printf '%s\n' /usr/lib/postgresql/*/bin | sort -V -r); do
     if [ -x "$dir/initdb" ] && [ -x "$dir/postgres" ]; then
       echo "$dir"
       return 0

@@ -24,7 +24,10 @@ if [ "$1" = postgres ] && [ ! -s "$PGDATA/PG_VERSION" ]; then
   fi
   for script in /docker-entrypoint-initdb.d/*; do
     case "$script" in
-      *.sh) . "$script" ;;
+      *.sh)
+        # shellcheck source=/dev/null  # init scripts are mounted at run time
+        . "$script"
+        ;;
       *.sql) psql -v ON_ERROR_STOP=1 --username "$user" --dbname "$db" -q -f "$script" ;;
     esac
   done

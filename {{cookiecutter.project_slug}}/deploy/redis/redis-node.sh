@@ -24,6 +24,7 @@ conf="/data/$role.conf"
 # users.acl's users of one side (redis or sentinel) as config lines.
 acl_users() {
   side="$1"
+  # shellcheck disable=SC2018,SC2019  # a variable name: ASCII A-Z whatever the locale
   prefix="$(printf '%s' "$side" | tr a-z A-Z)_USER"
   grep -v '^[[:space:]]*#' /etc/redis-node/users.acl | while read -r place user rules; do
     [ "$place" = "$side" ] || continue

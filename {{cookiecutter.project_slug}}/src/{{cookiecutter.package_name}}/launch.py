@@ -142,7 +142,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         env["FLOWER_BASIC_AUTH"] = f"{settings.flower_user}:{password}"
 {%- endif %}
     sys.stdout.flush()
-    os.execvpe(command[0], command, env)  # noqa: S606 - replaces this process by design
+    # Replaces this process by design: an argument list from command_for(), no shell.
+    os.execvpe(command[0], command, env)  # noqa: S606  # nosec B606
 
 
 if __name__ == "__main__":

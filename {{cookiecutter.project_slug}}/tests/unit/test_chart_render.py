@@ -300,7 +300,11 @@ def secret_sources(workload: Obj, container: Obj) -> dict[str, tuple[str, str]]:
 
 def redis_secret_keys(workload: Obj, container: Obj) -> set[str]:
     """The keys of the Redis Secret a container reads."""
-    return {key for secret, key in secret_sources(workload, container).values() if secret == REDIS_SECRET}
+    return {
+        key
+        for secret, key in secret_sources(workload, container).values()
+        if secret == REDIS_SECRET
+    }
 
 
 def redis_node_containers(statefulset: Obj) -> list[Obj]:
@@ -704,8 +708,8 @@ def test_no_secret_appears_in_plain_text() -> None:
                     assert "valueFrom" in entry or name in files, f"{where} has a value"
 
 
-#: Consumers that read no secret file: the exporters and the Redis pods' scripts.
-SECRETS_AS_VARIABLES = {"exporter", "redis", "metrics", "sentinel"}
+#: Consumers that read no secret file: the Redis pods' scripts{% if cookiecutter.use_celery_exporter == "yes" %} and the two exporters{% endif %}.
+SECRETS_AS_VARIABLES = {"redis", "sentinel"{% if cookiecutter.use_celery_exporter == "yes" %}, "exporter", "metrics"{% endif %}}
 
 
 def test_app_pods_and_the_database_read_their_secrets_as_files() -> None:

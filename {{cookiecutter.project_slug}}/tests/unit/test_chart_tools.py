@@ -97,8 +97,11 @@ SKIPPED_CHECKS: dict[str, str] = {
     ),
     "CKV_K8S_35": (
         "Prefer secrets as files: the application pods and the database do (<NAME>_FILE);"
-        " the exporters read their Redis password only from a variable and the Redis pods'"
-        " scripts take the users' passwords as `secretKeyRef` variables, never as text"
+{%- if cookiecutter.use_celery_exporter == "yes" %}
+        " the exporters read their Redis password only from a variable, and"
+{%- endif %}
+        " the Redis pods' scripts take the users' passwords as `secretKeyRef` variables,"
+        " never as text"
     ),
 }
 

@@ -191,6 +191,7 @@ conf_string() {
 # `default` off; a user whose password variable is empty stays off too.
 acl_users() {
   acl_side=$1
+  # shellcheck disable=SC2018,SC2019  # a variable name: ASCII A-Z whatever the locale
   acl_prefix="$(printf '%s' "$acl_side" | tr a-z A-Z)_USER"
   echo "user default off"
   grep -v '^[[:space:]]*#' "$REDIS_USERS_ACL" | while read -r acl_place acl_user acl_rules; do
