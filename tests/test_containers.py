@@ -3,7 +3,9 @@
 The default bake is built and started the way its README says (`docker compose build`,
 `docker compose up --wait`), used through its published ports, put through a Redis
 master kill in the middle of a stream of submissions, and torn down with `down -v`.
-The mysql bake gets a shorter smoke. Figures land in .ci-logs/container-tier.json.
+The mysql bake gets a shorter smoke. The default bake's Helm chart runs too: its pods, as
+`helm template` renders them, on the same engine (`make test-pods`, the baked project's
+podrunner). Figures land in .ci-logs/container-tier.json.
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ import httpx
 import pytest
 
 from compose import LOG_DIR, ComposeStack, fast_settings, images
-from test_bake import BY_ID
+from test_bake import BY_ID, assert_passed
 
-from conftest import combo_params
+from conftest import combo_params, project_env
+from conftest import run as run_command
 
 pytestmark = pytest.mark.stack
 
@@ -520,3 +523,26 @@ def test_mysql_bake_comes_up_and_runs_tasks(bake, combo, stand_in_images, tmp_pa
         write_figures()
     assert down.returncode == 0, down.explain()
     assert stack.leftovers() == []
+
+
+# --- default bake: the Helm chart's pods on the engine (`make test-pods`) ----------------
+PODS_TIMEOUT = 900
+
+
+@pytest.mark.parametrize("combo", combo_params((BY_ID["default"],)))
+def test_make_test_pods_runs_the_charts_pods(bake, combo, stand_in_images) -> None:
+    """Issue 15: install, failover, rollout, drain and beat on the chart's own pod specs."""
+    baked = bake(combo)
+    env = {**project_env(), **stand_in_images, "CI": "true"}
+    started = time.monotonic()
+    result = run_command(["make", "test-pods"], cwd=baked.path, env=env, timeout=PODS_TIMEOUT)
+    figures_file = baked.path / "tests" / "pods" / "results" / "last-run.json"
+    figures = json.loads(figures_file.read_text()) if figures_file.exists() else {}
+    FIGURES["pods"] = {**figures, "make_test_pods_s": round(time.monotonic() - started, 1)}
+    write_figures()
+    if result.returncode != 0:
+        LOG_DIR.mkdir(exist_ok=True)
+        log = baked.path / "tests" / "pods" / "results" / "last-run.log"
+        if log.exists():
+            (LOG_DIR / "pods-tier.log").write_text(log.read_text())
+    assert_passed(result)

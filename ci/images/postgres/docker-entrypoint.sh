@@ -10,6 +10,26 @@ if [ "$1" = postgres ] && [ "$(id -u)" = 0 ]; then
   chmod 700 "$PGDATA"
   exec setpriv --reuid=postgres --regid=postgres --init-groups "$0" "$@"
 fi
+# <NAME>_FILE: the value read from a file (a mounted secret), as the official image does.
+for var in POSTGRES_PASSWORD POSTGRES_USER POSTGRES_DB; do
+  file_var="${var}_FILE"
+  if [ -n "${!file_var:-}" ]; then
+    export "$var"="$(<"${!file_var}")"
+    unset "$file_var"
+  fi
+done
+# Any uid (Kubernetes' runAsUser): initdb and postgres need a passwd entry, given through
+# nss_wrapper as the official image does.
+if ! getent passwd "$(id -u)" >/dev/null; then
+  for lib in /usr/lib/*/libnss_wrapper.so; do
+    [ -e "$lib" ] || continue
+    NSS_WRAPPER_PASSWD="$(mktemp)"
+    NSS_WRAPPER_GROUP="$(mktemp)"
+    echo "postgres:x:$(id -u):$(id -g):PostgreSQL:$PGDATA:/bin/false" >"$NSS_WRAPPER_PASSWD"
+    echo "postgres:x:$(id -g):" >"$NSS_WRAPPER_GROUP"
+    export LD_PRELOAD="$lib" NSS_WRAPPER_PASSWD NSS_WRAPPER_GROUP
+  done
+fi
 if [ "$1" = postgres ] && [ ! -s "$PGDATA/PG_VERSION" ]; then
   : "${POSTGRES_PASSWORD:?POSTGRES_PASSWORD must be set}"
   user="${POSTGRES_USER:-postgres}"

@@ -1,0 +1,365 @@
+"""The chart's default release on a Docker engine: install, Redis failover and drain, a
+worker rollout, a beat restart. One release for the module, scenarios in order.
+
+Every bound is generous: the figures are printed and written to results/last-run.json.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.harness.chart import FULLNAME
+from tests.harness.podrunner import Pod
+from tests.pods.conftest import Stack, record
+
+pytestmark = pytest.mark.pods
+
+QUEUE_TASKS: dict[str, tuple[str, dict[str, Any]]] = {
+    "high": ("demo.urgent_ping", {}),
+    "default": ("demo.echo", {"message": "hello"}),
+    "low": ("demo.reports.build_report", {"size": 1000, "chunk_size": 250}),
+}
+FINAL = {"SUCCEEDED", "FAILED", "DEAD", "REVOKED"}
+REDIS = f"{FULLNAME}-redis"
+DATABASE = f"{FULLNAME}-db"
+SENTINEL_CLI = (
+    'REDISCLI_AUTH="$SENTINEL_USER_CLIENT_PASSWORD" redis-cli --user client -p 26379'
+    ' SENTINEL get-master-addr-by-name "$REDIS_MASTER_NAME"'
+)
+ROLE_CLI = 'REDISCLI_AUTH="$REDIS_USER_ADMIN_PASSWORD" redis-cli --user admin ROLE'
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, interval: float = 1.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)
+    return True
+
+
+def submit(client: httpx.Client, name: str, kwargs: dict[str, Any], **options: Any) -> str:
+    response = client.post("/api/v1/tasks", json={"name": name, "kwargs": kwargs, **options})
+    assert response.status_code == 202, f"{name}: {response.status_code} {response.text}"
+    return str(response.json()["id"])
+
+
+def wait_final(client: httpx.Client, ids: list[str], timeout: float) -> dict[str, dict[str, Any]]:
+    bodies: dict[str, dict[str, Any]] = {}
+    deadline = time.monotonic() + timeout
+    pending = list(ids)
+    while pending and time.monotonic() < deadline:
+        still = []
+        for task_id in pending:
+            try:
+                response = client.get(f"/api/v1/tasks/{task_id}")
+            except httpx.TransportError:
+                still.append(task_id)
+                continue
+            if response.status_code == 200 and response.json()["state"] in FINAL:
+                bodies[task_id] = response.json()
+            else:
+                still.append(task_id)
+        pending = still
+        if pending:
+            time.sleep(1)
+    for task_id in pending:
+        bodies[task_id] = {"state": "not final"}
+    return bodies
+
+
+def one_task_per_queue(stack: Stack, timeout: float = 120) -> dict[str, str]:
+    with stack.api() as client:
+        ids = {queue: submit(client, name, kwargs) for queue, (name, kwargs) in QUEUE_TASKS.items()}
+        bodies = wait_final(client, list(ids.values()), timeout)
+    return {queue: bodies[task_id]["state"] for queue, task_id in ids.items()}
+
+
+def redis_pods(stack: Stack) -> list[Pod]:
+    return sorted(stack.cluster.pods(REDIS), key=lambda pod: pod.name)
+
+
+def master_host(stack: Stack) -> str:
+    """The master's host name as the first answering sentinel announces it ("" if none)."""
+    for pod in redis_pods(stack):
+        if pod.ready or pod.phase == "Running":
+            answer = stack.exec(pod, "sentinel", SENTINEL_CLI, timeout=10).split()
+            if answer:
+                return answer[0]
+    return ""
+
+
+def master_pod(stack: Stack) -> Pod:
+    host = master_host(stack)
+    for pod in redis_pods(stack):
+        if host.split(".")[0] == pod.name:
+            return pod
+    raise AssertionError(f"no pod for the announced master {host!r}")
+
+
+def roles(stack: Stack) -> dict[str, str]:
+    return {
+        pod.name: (stack.exec(pod, "redis", ROLE_CLI, timeout=10).split() or ["?"])[0]
+        for pod in redis_pods(stack)
+    }
+
+
+def effect_counts(stack: Stack, ids: list[str]) -> dict[str, int]:
+    """Committed executions per task id, read in the ledger database (demo_effects)."""
+    query = "SELECT task_id, count(*) FROM demo_effects GROUP BY task_id"
+{%- if cookiecutter.database == "postgresql" %}
+    script = f'psql -U app -d app -At -F " " -c "{query}"'
+{%- else %}
+    script = f'mariadb -u root -p"$MARIADB_ROOT_PASSWORD" app -N -B -e "{query}"'
+{%- endif %}
+    output = stack.exec(stack.cluster.pod(f"{DATABASE}-0"), "database", script)
+    counts = dict(line.split() for line in output.splitlines() if line.strip())
+    return {task_id: int(counts.get(task_id, 0)) for task_id in ids}
+
+
+# --- 1. install ---------------------------------------------------------------------------
+def test_install_runs_migrations_then_every_pod_becomes_ready(stack: Stack) -> None:
+    cluster = stack.cluster
+    started = min(pod.created_at for w in cluster.workloads.values() for pod in w.pods)
+    (migrations,) = cluster.jobs()  # <fullname>-migrate-<revision>
+    cluster.wait_complete(migrations.name, timeout=420)
+    migrated = time.time()
+    cluster.wait_ready(timeout=420)
+    ready = {
+        name: round(max(p.ready_at or 0 for p in workload.live()) - started, 1)
+        for name, workload in cluster.workloads.items()
+        if workload.kind != "Job"
+    }
+    record(
+        "install",
+        migrations_done_s=round(migrated - started, 1),
+        ready_s=ready,
+        all_ready_s=max(ready.values()),
+        skipped=cluster.skipped,
+    )
+    # The app pods waited for the schema: none became ready before the Job finished.
+    app_pods = [p for w in cluster.workloads.values() if w.kind == "Deployment" for p in w.live()]
+    gated = [p for p in app_pods if p.inits]
+    assert gated, "no app pod has the wait-for-migrations init container"
+    assert all((p.ready_at or 0) >= migrated - 1 for p in gated), [
+        (p.name, p.ready_at, migrated) for p in gated
+    ]
+    assert {"NetworkPolicy", "PodDisruptionBudget"} <= set(cluster.skipped), cluster.skipped
+
+
+def test_install_one_task_per_queue_succeeds_through_the_api_service(stack: Stack) -> None:
+    assert one_task_per_queue(stack) == dict.fromkeys(QUEUE_TASKS, "SUCCEEDED")
+
+
+def test_install_one_master_two_replicas(stack: Stack) -> None:
+    topology = ["master", "slave", "slave"]
+    assert wait_for(lambda: sorted(roles(stack).values()) == topology, 60), roles(stack)
+    master = master_pod(stack)
+    assert roles(stack)[master.name] == "master"
+
+
+# --- 2 and 4. the Redis master killed, then drained, under a stream of tasks ------------
+class Producer:
+    """Submits demo.record_effect through the API Service, round-robin over the queues."""
+
+    def __init__(self, stack: Stack, label: str) -> None:
+        self.stack, self.label = stack, label
+        self.accepted: list[tuple[str, float]] = []
+        self.refused: list[str] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name=f"producer-{label}", daemon=True)
+
+    def __enter__(self) -> Producer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop.set()
+        self.thread.join(timeout=120)
+
+    def _run(self) -> None:
+        queues = tuple(QUEUE_TASKS)
+        number = 0
+        with self.stack.api(timeout=60) as client:
+            while not self.stop.is_set():
+                body = {
+                    "name": "demo.record_effect",
+                    "kwargs": {"key": f"{self.label}-{number}", "seconds": 0.05},
+                    "queue": queues[number % len(queues)],
+                }
+                sent = time.time()
+                try:
+                    response = client.post("/api/v1/tasks", json=body)
+                except httpx.TransportError as exc:
+                    self.refused.append(repr(exc))
+                else:
+                    if response.status_code == 202:
+                        self.accepted.append((str(response.json()["id"]), sent))
+                    else:
+                        self.refused.append(f"{response.status_code} {response.text[:200]}")
+                number += 1
+                time.sleep(0.05)
+
+    def outcome(self, since: float) -> dict[str, Any]:
+        """Every accepted task's end, its committed effects, and when tasks flowed again."""
+        ids = [task_id for task_id, _ in self.accepted]
+        with self.stack.api() as client:
+            bodies = wait_final(client, ids, timeout=300)
+        counts = effect_counts(self.stack, ids)
+        finished_after = [
+            datetime.fromisoformat(body["finished_at"]).timestamp() - since
+            for task_id, sent in self.accepted
+            if sent > since and (body := bodies[task_id]).get("finished_at")
+        ]
+        states = [bodies[task_id]["state"] for task_id in ids]
+        return {
+            "accepted": len(ids),
+            "refused": len(self.refused),
+            "refused_examples": self.refused[:3],
+            "succeeded": states.count("SUCCEEDED"),
+            "lost": sum(1 for task_id in ids if counts[task_id] == 0),
+            "duplicated": sum(1 for task_id in ids if counts[task_id] > 1),
+            "tasks_flow_again_s": round(min(finished_after), 1) if finished_after else None,
+        }
+
+
+def wait_promotion(stack: Stack, old: str, since: float, timeout: float = 90) -> float | None:
+    """Seconds from `since` until a sentinel names a master other than pod `old`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        host = master_host(stack)
+        if host and host.split(".")[0] != old:
+            return round(time.time() - since, 1)
+        time.sleep(0.5)
+    return None
+
+
+def healthy_topology(stack: Stack) -> bool:
+    pods = redis_pods(stack)
+    return (
+        len(pods) == 3
+        and all(pod.ready for pod in pods)
+        and sorted(roles(stack).values()) == ["master", "slave", "slave"]
+    )
+
+
+def test_failover_killed_master_pod_loses_and_duplicates_nothing(stack: Stack) -> None:
+    cluster = stack.cluster
+    assert wait_for(lambda: healthy_topology(stack), 120), roles(stack)
+    victim = master_pod(stack).name
+    node_down_s = 20  # past down-after-milliseconds (5 s): the sentinels must fail over
+    with Producer(stack, "failover") as producer:
+        time.sleep(5)
+        killed_at = time.time()
+        killer = threading.Thread(target=cluster.kill_pod, args=(victim, node_down_s))
+        killer.start()
+        promoted_s = wait_promotion(stack, victim, killed_at)
+        killer.join()
+        time.sleep(max(0.0, 30 - (time.time() - killed_at)))
+    figures = producer.outcome(killed_at)
+    back = wait_for(lambda: healthy_topology(stack), 180)
+    figures.update(
+        killed=victim,
+        promotion_s=promoted_s,
+        back_as_replica=back,
+        roles=roles(stack),
+        new_master=master_host(stack),
+    )
+    record("failover", **figures)
+    assert promoted_s is not None, figures
+    assert figures["accepted"] > 50, figures
+    assert figures["succeeded"] == figures["accepted"], figures
+    assert figures["lost"] == 0, figures
+    assert figures["duplicated"] == 0, figures
+    assert figures["tasks_flow_again_s"] is not None, figures
+    # The pod came back under its ordinal name, as a replica: one master, never two.
+    assert back, figures
+    assert roles(stack)[victim] == "slave", figures
+    assert one_task_per_queue(stack) == dict.fromkeys(QUEUE_TASKS, "SUCCEEDED")
+
+
+def test_drain_master_pod_hands_over_before_it_stops(stack: Stack) -> None:
+    cluster = stack.cluster
+    assert wait_for(lambda: healthy_topology(stack), 180), roles(stack)
+    victim = master_pod(stack).name
+    with Producer(stack, "drain") as producer:
+        time.sleep(5)
+        deleted_at = time.time()
+        deleter = threading.Thread(target=cluster.delete_pod, args=(victim,))
+        deleter.start()
+        promoted_s = wait_promotion(stack, victim, deleted_at)
+        deleter.join(timeout=200)
+        time.sleep(max(0.0, 25 - (time.time() - deleted_at)))
+    figures = producer.outcome(deleted_at)
+    events = [
+        (at - deleted_at, text)
+        for at, who, text in cluster.events
+        if who == victim and at >= deleted_at and text.startswith("redis:")
+    ]
+    hook_done = next((at for at, text in events if text == "redis: preStop hook done"), None)
+    stopped = next((at for at, text in events if text.startswith("redis: stop signal")), None)
+    back = wait_for(lambda: healthy_topology(stack), 180)
+    figures.update(
+        drained=victim,
+        promotion_s=promoted_s,
+        prestop_done_s=round(hook_done, 1) if hook_done is not None else None,
+        stop_signal_s=round(stopped, 1) if stopped is not None else None,
+        back_as_replica=back,
+        roles=roles(stack),
+    )
+    record("drain", **figures)
+    assert hook_done is not None, events
+    assert stopped is not None, events
+    assert promoted_s is not None, figures
+    assert promoted_s <= stopped, figures  # the failover happened before the stop signal
+    assert hook_done <= stopped, events
+    assert figures["refused"] == 0, figures  # no task refused
+    assert figures["succeeded"] == figures["accepted"] > 50, figures
+    assert figures["lost"] == 0, figures
+    assert figures["duplicated"] == 0, figures
+    assert back, figures
+    assert roles(stack)[victim] == "slave", figures
+
+
+# --- 3. a worker Deployment rolled while it runs a 20 s task -----------------------------
+def test_rolling_a_worker_deployment_loses_no_running_task(stack: Stack) -> None:
+    cluster = stack.cluster
+    name = f"{FULLNAME}-worker-default"
+    (old,) = cluster.pods(name)
+    with stack.api() as client:
+        task_id = submit(client, "demo.sleep", {"seconds": 20}, queue="default")
+
+        def state() -> str:
+            return str(client.get(f"/api/v1/tasks/{task_id}").json()["state"])
+
+        assert wait_for(lambda: state() == "STARTED", 60), state()
+        rolled_at = time.time()
+        (new,) = cluster.rollout_restart(name, timeout=300)
+        cluster.wait(lambda: old.phase == "Deleted", 420, f"{old.name} gone")
+        body = wait_final(client, [task_id], timeout=120)[task_id]
+    terminating = next(
+        at for at, who, text in cluster.events if who == old.name and text == "terminating"
+    )
+    exited = [text for _, who, text in cluster.events if who == old.name and "exited" in text]
+    figures = {
+        "old": old.name,
+        "new": new.name,
+        "new_ready_s": round((new.ready_at or 0) - rolled_at, 1),
+        "old_terminating_s": round(terminating - rolled_at, 1),
+        "old_exit": exited,
+        "task_state": body["state"],
+        "attempts": body.get("attempts"),
+        "worker": body.get("worker"),
+    }
+    record("rollout", **figures)
+    assert new.ready_at is not None, figures
+    assert new.ready_at <= terminating, figures  # the new pod ready before the old one stops
+    assert body["state"] == "SUCCEEDED", figures
+    assert int(body.get("attempts") or 1) <= 2, figures  # finished, or re-run once
