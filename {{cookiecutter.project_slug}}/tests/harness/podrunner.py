@@ -552,9 +552,8 @@ class Pod:
 
     def _remove(self) -> None:
         self.thread.join(timeout=30)
-        for container in [*self.inits, *self.containers]:
-            if not container.previous_logs or container.running:
-                container.previous_logs = self.cluster.logs(container.name)
+        for container in self.containers:  # init containers' logs were kept as they ended
+            container.previous_logs = self.cluster.logs(container.name, tail=2000)
         names = [c.name for c in [*self.inits, *self.containers]]
         docker("rm", "-f", *names, self.infra, check=False)
         if self.temporary:

@@ -10,6 +10,7 @@ CI=true. Figures land in tests/pods/results/last-run.json.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -47,6 +48,8 @@ FAST_SETTINGS = {
     "RECONCILE_INTERVAL": "5",
     "RECONCILE_QUEUED_AFTER": "10",
     "RECONCILE_PUBLISHED_AFTER": "30",
+    # The beat's interval entry (urgent-ping-tick) every few seconds, not every minute.
+    "BEAT_TICK_SECONDS": "5",
 }
 
 
@@ -69,6 +72,18 @@ def image_present(image: str) -> bool:
     return docker("image", "inspect", image, check=False).returncode == 0
 
 
+def build_context_hash() -> str:
+    """The image's inputs, hashed: one tag per source tree, never another tree's image."""
+    digest = hashlib.sha256()
+    paths = [ROOT / name for name in ("Dockerfile", "pyproject.toml", "uv.lock", "README.md")]
+    for folder in (ROOT / "src", ROOT / "deploy" / "entrypoints"):
+        paths += sorted(p for p in folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    for path in paths:
+        if path.exists():
+            digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
 @pytest.fixture(scope="session")
 def engine() -> None:
     if shutil.which("docker") is None or docker("info", check=False).returncode != 0:
@@ -80,7 +95,7 @@ def images(engine: None) -> dict[str, str]:
     found = {name: os.environ.get(name, default) for name, default in DEFAULT_IMAGES.items()}
     app = os.environ.get("APP_IMAGE", "")
     if not app:
-        app = "{{ cookiecutter.project_slug }}-pods:test"
+        app = f"{{ cookiecutter.project_slug }}-pods:{build_context_hash()}"
         python = os.environ.get("PYTHON_IMAGE", "python:3.11-slim-bookworm")
         started = time.monotonic()
         built = subprocess.run(

@@ -288,7 +288,9 @@ def test_production_requires_only_the_secrets_of_its_process_kind() -> None:
     for kind in ("api", "worker", "beat"):
         assert Settings(environment="production", process_kind=kind, database_url=url, **strong)
         with pytest.raises(ValidationError, match="REDIS_PASSWORD"):
-            Settings(environment="production", process_kind=kind, database_url=url)
+            Settings(
+                environment="production", process_kind=kind, database_url=url, redis_password=""
+            )
     assert Settings(environment="production", process_kind="migrate", database_url=url)
     with pytest.raises(ValidationError, match="DATABASE_URL"):
         Settings(
