@@ -30,8 +30,9 @@ controllers the chart needs) would honour for these specs, and nothing more:
   (backoffLimit).
 
 Known differences: a Service's alias resolves to every running pod it selects, ready or
-not (aliases are fixed when a pod's network is created), and ports are not remapped (a
-Service whose port differs from its targetPort is refused). Kinds it does not run
+not (aliases are fixed when a pod's network is created); a Service none of whose pods
+runs does not resolve at all (a ClusterIP would, and refuse connections); ports are not
+remapped (a Service whose port differs from its targetPort is refused). Kinds it does not run
 (Ingress, HPA, KEDA ScaledObject, NetworkPolicy, PDB, ServiceMonitor, ServiceAccount, ...)
 are listed in `Cluster.skipped`, by kind, and never acted on.
 """
@@ -543,9 +544,9 @@ class Pod:
         """Force deletion: SIGKILL everything, no hook, no grace (a node crash)."""
         self.deleting = True
         self.stopping.set()
-        self.event("killed")
         names = [c.name for c in [*self.inits, *self.containers]]
         docker("kill", *names, self.infra, check=False)
+        self.event("killed")
         for container in self.containers:
             container.running = container.ready = False
         self._remove()
@@ -1017,7 +1018,7 @@ class Cluster:
                     if container.previous_logs:
                         lines += [f"--- {container.name} (earlier run)", container.previous_logs]
                     if pod.phase != "Deleted":
-                        lines += [f"--- {container.name}", self.logs(container.name, 200)]
+                        lines += [f"--- {container.name}", self.logs(container.name, 3000)]
         return "\n".join(lines)
 
     def close(self) -> None:

@@ -77,7 +77,8 @@ def build_context_hash() -> str:
     digest = hashlib.sha256()
     paths = [ROOT / name for name in ("Dockerfile", "pyproject.toml", "uv.lock", "README.md")]
     for folder in (ROOT / "src", ROOT / "deploy" / "entrypoints"):
-        paths += sorted(p for p in folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+        files = (p for p in folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+        paths += sorted(files)
     for path in paths:
         if path.exists():
             digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes())
@@ -157,8 +158,12 @@ class Stack:
         )
 
     def exec(self, pod: Pod, container: str, script: str, timeout: float = 30) -> str:
+        """A shell snippet's output in a pod's container ("" when it does not answer)."""
         name = next(c.name for c in pod.containers if c.spec["name"] == container)
-        done = docker("exec", name, "sh", "-c", script, timeout=timeout, check=False)
+        try:
+            done = docker("exec", name, "sh", "-c", script, timeout=timeout, check=False)
+        except subprocess.TimeoutExpired:
+            return ""
         return done.stdout.decode(errors="replace")
 
 
