@@ -30,9 +30,10 @@ controllers the chart needs) would honour for these specs, and nothing more:
   (backoffLimit).
 
 Known differences: a Service's alias resolves to every running pod it selects, ready or
-not (aliases are fixed when a pod's network is created); a Service none of whose pods
-runs does not resolve at all (a ClusterIP would, and refuse connections); ports are not
-remapped (a Service whose port differs from its targetPort is refused). Kinds it does not run
+not (aliases are fixed when a pod's network is created); while none of its pods runs, a
+ClusterIP Service's name is held by a placeholder that refuses connections, as a virtual
+IP without endpoints does; ports are not remapped (a Service whose port differs from its
+targetPort is refused). Kinds it does not run
 (Ingress, HPA, KEDA ScaledObject, NetworkPolicy, PDB, ServiceMonitor, ServiceAccount, ...)
 are listed in `Cluster.skipped`, by kind, and never acted on.
 """
@@ -258,6 +259,7 @@ class Pod:
         for claim in self.owner.obj["spec"].get("volumeClaimTemplates", []):
             claim_name = f"{claim['metadata']['name']}-{self.name}"
             self.volumes[claim["metadata"]["name"]] = cluster.claim(claim_name, self.security)
+        cluster.release_names(self)
         aliases = [a for alias in self.cluster.aliases(self) for a in ("--network-alias", alias)]
         docker(
             "run", "--detach", "--pull", "never", "--name", self.infra,
@@ -557,6 +559,7 @@ class Pod:
             container.previous_logs = self.cluster.logs(container.name, tail=2000)
         names = [c.name for c in [*self.inits, *self.containers]]
         docker("rm", "-f", *names, self.infra, check=False)
+        self.cluster.hold_names(self)
         if self.temporary:
             docker("volume", "rm", "-f", *self.temporary, check=False)
         self.phase = "Deleted"
@@ -776,6 +779,32 @@ class Cluster:
         if subdomain in headless:
             names.append(f"{pod.name}.{subdomain}")
         return [alias for name in names for alias in dns_names(name, self.namespace)]
+
+    def _virtual(self, labels: Mapping[str, str]) -> list[str]:
+        """The ClusterIP (not headless) Services selecting these labels."""
+        chosen = self.services_of(labels)
+        return [svc["metadata"]["name"] for svc in chosen if svc["spec"].get("clusterIP") != "None"]
+
+    def hold_names(self, gone: Pod) -> None:
+        """A ClusterIP Service left without a running pod keeps its name: a placeholder
+        with no listener answers it, refusing connections like a virtual IP without
+        endpoints (a vanished name would make clients and sentinels wait on DNS)."""
+        running = [p for w in self.workloads.values() for p in w.live() if p is not gone and p.ip]
+        for name in self._virtual(gone.labels):
+            if any(name in self._virtual(pod.labels) for pod in running):
+                continue
+            aliases = [
+                a for alias in dns_names(name, self.namespace) for a in ("--network-alias", alias)
+            ]
+            docker("run", "--detach", "--pull", "never", "--name", f"{self.prefix}-hold-{name}",
+                   "--label", f"{LABEL}={self.prefix}", "--network", self.network, *aliases,
+                   "--entrypoint", "sleep", self.pause_image, "infinity", check=False)  # fmt: skip
+
+    def release_names(self, pod: Pod) -> None:
+        """A pod of the Service starts: its placeholder goes."""
+        holders = [f"{self.prefix}-hold-{name}" for name in self._virtual(pod.labels)]
+        if holders:
+            docker("rm", "-f", *holders, check=False)
 
     def _check_service_ports(self) -> None:
         for service in self.of_kind("Service"):
