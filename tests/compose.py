@@ -194,6 +194,22 @@ class ComposeStack:
         assert result.returncode == 0, result.explain()
         return result
 
+    def gateway(self, service: str = "api") -> str:
+        """The host's address on the compose network `default` (the network's gateway), as
+        `service`'s container sees it: where a container reaches a server the test runs
+        on the host."""
+        container = str(self.services()[service]["Name"])
+        template = (
+            "{{range $name, $net := .NetworkSettings.Networks}}{{$name}}={{$net.Gateway}} {{end}}"
+        )
+        pairs = self.docker("inspect", "--format", template, container).output.split()
+        gateways = dict(pair.split("=", 1) for pair in pairs)
+        default = gateways.get(f"{self.name}_default") or (
+            next(iter(gateways.values())) if len(gateways) == 1 else ""
+        )
+        assert default, f"{container}: no gateway on {self.name}_default: {gateways}"
+        return default
+
     def exec(self, service: str, script: str, timeout: float = 30) -> Result:
         """Run a shell snippet inside a service's container (its environment applies);
         a call that outlives `timeout` counts as failed (returncode -1)."""
