@@ -247,6 +247,7 @@ MODULE_COMBOS = {
     "test_broker_failover.py": ("default",),
     "test_redis_persistence.py": ("default",),
     "test_admission.py": ("default",),
+    "test_sentry_delivery.py": ("default",),
 }
 
 
