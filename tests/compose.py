@@ -132,11 +132,18 @@ class ComposeStack:
         return f"http://127.0.0.1:{self.ports[variable]}"
 
     def api(self, timeout: float = 30) -> httpx.Client:
-        """A client of the stack's API with the admin key generation wrote into .env."""
-        key = self.dotenv()["API_KEY"]
+        """A client of the stack's API with the admin key generation made."""
+        key = self.secret("api_key")
         return httpx.Client(
             base_url=self.url("API_PORT"), timeout=timeout, headers={"X-API-Key": key}
         )
+
+    def secret(self, name: str) -> str:
+        """One of the project's secret files (secrets/<name>, deploy/make_secrets.py)."""
+        return (self.path / "secrets" / name).read_text().strip()
+
+    def secrets(self) -> dict[str, str]:
+        return {path.name: path.read_text().strip() for path in (self.path / "secrets").iterdir()}
 
     def dotenv(self) -> dict[str, str]:
         pairs = re.findall(r"^([A-Z_]+)=(.*)$", (self.path / ".env").read_text(), re.MULTILINE)

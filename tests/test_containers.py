@@ -148,7 +148,8 @@ def current_master(stack: ComposeStack) -> str:
     """The master's name as sentinel-1 announces it ("" when it does not answer)."""
     answer = stack.exec(
         "sentinel-1",
-        'REDISCLI_AUTH="$SENTINEL_USER_CLIENT_PASSWORD" redis-cli --user client -p 26379'
+        'REDISCLI_AUTH="$(cat /run/secrets/sentinel_user_client_password)"'
+        " redis-cli --user client -p 26379"
         ' sentinel get-master-addr-by-name "$REDIS_MASTER_NAME"',
         timeout=10,
     )
@@ -198,14 +199,30 @@ def test_app_containers_run_read_only_as_non_root_without_secrets_baked_in(
     assert "tmp-writable" in lines, probe.output
 
 
+def test_no_container_holds_a_secret_in_its_environment_nor_another_s_secret_file(
+    default_stack: ComposeStack,
+) -> None:
+    """Secrets are files, each mounted only where it is used (deploy/make_secrets.py)."""
+    secrets = default_stack.secrets()
+    assert len(secrets) >= 10, sorted(secrets)
+    for service, row in default_stack.services().items():
+        environment = default_stack.docker(
+            "inspect", "--format", "{{range .Config.Env}}{{println .}}{{end}}", str(row["Name"])
+        ).output
+        shown = [name for name, value in secrets.items() if value in environment]
+        assert not shown, f"{service}'s environment holds {shown}"
+    mounted = default_stack.exec("api", "ls /run/secrets").output.split()
+    assert "redis_user_api_password" in mounted, mounted
+    assert not {"redis_user_worker_password", "redis_user_admin_password"} & set(mounted), mounted
+
+
 def test_a_task_on_each_queue_succeeds(default_stack: ComposeStack) -> None:
     states = run_one_task_per_queue(default_stack)
     assert states == dict.fromkeys(QUEUE_TASKS, "SUCCEEDED")
 
 
 def test_flower_api_lists_every_worker_group(default_stack: ComposeStack) -> None:
-    env = default_stack.dotenv()
-    auth = (env["FLOWER_USER"], env["FLOWER_PASSWORD"])
+    auth = (default_stack.dotenv()["FLOWER_USER"], default_stack.secret("flower_password"))
     with httpx.Client(base_url=default_stack.url("FLOWER_PORT"), timeout=20) as client:
         assert client.get("/api/workers").status_code == 401
         deadline = time.monotonic() + 60
@@ -276,14 +293,16 @@ def replica_in_sync(stack: ComposeStack, node: str) -> bool:
     """`node` replicates with its link up, and sentinel-1 counts it a healthy replica."""
     info = stack.exec(
         node,
-        'REDISCLI_AUTH="$REDIS_USER_ADMIN_PASSWORD" redis-cli --user admin info replication',
+        'REDISCLI_AUTH="$(cat /run/secrets/redis_user_admin_password)"'
+        " redis-cli --user admin info replication",
         10,
     )
     if "role:slave" not in info.output or "master_link_status:up" not in info.output:
         return False
     replicas = stack.exec(
         "sentinel-1",
-        'REDISCLI_AUTH="$SENTINEL_USER_CLIENT_PASSWORD" redis-cli --user client -p 26379'
+        'REDISCLI_AUTH="$(cat /run/secrets/sentinel_user_client_password)"'
+        " redis-cli --user client -p 26379"
         ' sentinel replicas "$REDIS_MASTER_NAME"',
         timeout=10,
     )

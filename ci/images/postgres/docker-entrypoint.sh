@@ -11,7 +11,11 @@ if [ "$1" = postgres ] && [ "$(id -u)" = 0 ]; then
   exec setpriv --reuid=postgres --regid=postgres --init-groups "$0" "$@"
 fi
 if [ "$1" = postgres ] && [ ! -s "$PGDATA/PG_VERSION" ]; then
-  : "${POSTGRES_PASSWORD:?POSTGRES_PASSWORD must be set}"
+  # Like the official image: POSTGRES_PASSWORD_FILE names a file holding the password.
+  if [ -n "${POSTGRES_PASSWORD_FILE:-}" ]; then
+    POSTGRES_PASSWORD="$(cat "$POSTGRES_PASSWORD_FILE")"
+  fi
+  : "${POSTGRES_PASSWORD:?POSTGRES_PASSWORD or POSTGRES_PASSWORD_FILE must be set}"
   user="${POSTGRES_USER:-postgres}"
   db="${POSTGRES_DB:-$user}"
   initdb --username="$user" --pwfile=<(printf '%s\n' "$POSTGRES_PASSWORD") \

@@ -19,6 +19,9 @@ from pydantic_settings import (
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
+{%- if cookiecutter.database != "sqlite" %}
+from sqlalchemy.engine import make_url
+{%- endif %}
 
 Pool = Literal["prefork", "gevent", "solo", "threads"]
 QueueGroup = Literal["high", "default", "low"]
@@ -125,6 +128,12 @@ class Settings(BaseSettings):
     database_url: SecretStr = SecretStr(
         "mysql+pymysql://app:change-me-database-password@127.0.0.1:3306/app"
     )
+{%- endif %}
+{%- if cookiecutter.database != "sqlite" %}
+    # The URL's password on its own, so it can come from a file (DATABASE_PASSWORD_FILE,
+    # compose's secrets) while DATABASE_URL stays plain configuration. Set, it replaces
+    # the URL's password.
+    database_password: SecretStr = SecretStr("")
 {%- else %}
     database_url: SecretStr = SecretStr("sqlite:///var/ledger.sqlite3")
 {%- endif %}
@@ -406,6 +415,17 @@ class Settings(BaseSettings):
         return options
 
     @property
+    def database_dsn(self) -> str:
+        """DATABASE_URL with DATABASE_PASSWORD in it, if that is set."""
+        url = self.database_url.get_secret_value()
+{%- if cookiecutter.database != "sqlite" %}
+        password = self.database_password.get_secret_value()
+        if password:
+            return make_url(url).set(password=password).render_as_string(hide_password=False)
+{%- endif %}
+        return url
+
+    @property
     def broker_url(self) -> str:
         return self._redis_url(self.redis_broker_db)
 
@@ -423,11 +443,11 @@ PLACEHOLDER_MARK = "change-me"
 
 
 def _is_placeholder(settings: Settings, name: str) -> bool:
-    value: SecretStr = getattr(settings, name)
-    secret = value.get_secret_value()
     if name == "database_url":
         # SQLite has no password; a server URL must not carry the example's.
-        return PLACEHOLDER_MARK in secret
+        return PLACEHOLDER_MARK in settings.database_dsn
+    value: SecretStr = getattr(settings, name)
+    secret = value.get_secret_value()
     return not secret or PLACEHOLDER_MARK in secret
 
 

@@ -91,3 +91,49 @@ def test_app_containers_are_read_only_with_a_tmpfs(
             continue
         assert service.get("read_only") is True, name
         assert "/tmp" in service.get("tmpfs", []), name
+
+
+# Each app service's own Redis user (deploy/redis/users.acl).
+REDIS_USERS = {
+    "api": "api",
+    **dict.fromkeys(WORKERS, "worker"),
+    "beat": "beat",
+{%- if cookiecutter.use_flower == "yes" %}
+    "flower": "flower",
+{%- endif %}
+}
+
+
+def mounted_secrets(service: dict[str, Any]) -> set[str]:
+    return {s if isinstance(s, str) else s["source"] for s in service.get("secrets", [])}
+
+
+def test_secrets_are_files_each_mounted_only_where_it_is_used(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    text = COMPOSE_FILE.read_text()
+    # No password reaches a container through the environment, nor through interpolation.
+    assert not re.findall(r"\$\{[A-Z_]*(?:PASSWORD|API_KEY)[A-Z_]*", text)
+    declared = set(yaml.safe_load(text)["secrets"])
+    used = set()
+    for name, service in services.items():
+        mounted = mounted_secrets(service)
+        used |= mounted
+        for key, value in (service.get("environment") or {}).items():
+            # MARIADB_RANDOM_ROOT_PASSWORD is a yes/no flag, not a password.
+            is_flag = key == "MARIADB_RANDOM_ROOT_PASSWORD" and value == "yes"
+            assert not key.endswith("PASSWORD") or is_flag, f"{name}: {key} in the environment"
+            if str(value).startswith("/run/secrets/"):
+                assert str(value).removeprefix("/run/secrets/") in mounted, (name, key)
+        # An app service holds its own Redis user's password and no other user's.
+        redis_users = {s for s in mounted if s.startswith("redis_user_")}
+        own = REDIS_USERS.get(name)
+        if own is not None:
+            assert redis_users == {f"redis_user_{own}_password"}, (name, redis_users)
+            env = service["environment"]
+            assert env["REDIS_USERNAME"] == own, name
+            assert env["REDIS_PASSWORD_FILE"] == f"/run/secrets/redis_user_{own}_password", name
+    assert used == declared, f"declared but never mounted: {sorted(declared - used)}"
+    assert not mounted_secrets(services["migrate"]) & {
+        s for s in declared if s.startswith("redis_user_")
+    }, "the migrations get a Redis password"
