@@ -23,8 +23,9 @@ from pydantic_settings import (
 from sqlalchemy.engine import make_url
 {%- endif %}
 
+from {{ cookiecutter.package_name }}.queues import QueueName
+
 Pool = Literal["prefork", "gevent", "solo", "threads"]
-QueueGroup = Literal["high", "default", "low"]
 CommaList = Annotated[tuple[str, ...], NoDecode]
 
 
@@ -433,10 +434,30 @@ class Settings(BaseSettings):
     def result_backend_url(self) -> str:
         return self._redis_url(self.redis_result_db)
 
-    def worker_group(self, queue: QueueGroup) -> WorkerGroup:
-        pool: Pool = getattr(self, f"worker_{queue}_pool")
-        concurrency: int = getattr(self, f"worker_{queue}_concurrency")
-        return WorkerGroup(queue, (queue,), pool, concurrency)
+    @property
+    def worker_groups(self) -> dict[QueueName, WorkerGroup]:
+        """The worker group of each queue, from WORKER_<QUEUE>_POOL / _CONCURRENCY."""
+        return {
+            "high": WorkerGroup(
+                "high", ("high",), self.worker_high_pool, self.worker_high_concurrency
+            ),
+            "default": WorkerGroup(
+                "default", ("default",), self.worker_default_pool, self.worker_default_concurrency
+            ),
+            "low": WorkerGroup("low", ("low",), self.worker_low_pool, self.worker_low_concurrency),
+        }
+
+    def worker_group(self, queue: QueueName) -> WorkerGroup:
+        return self.worker_groups[queue]
+
+    @property
+    def api_max_backlogs(self) -> dict[QueueName, int]:
+        """API_MAX_BACKLOG_<QUEUE> by queue."""
+        return {
+            "high": self.api_max_backlog_high,
+            "default": self.api_max_backlog_default,
+            "low": self.api_max_backlog_low,
+        }
 
 
 PLACEHOLDER_MARK = "change-me"

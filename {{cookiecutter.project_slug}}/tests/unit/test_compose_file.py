@@ -12,11 +12,12 @@ from typing import Any
 import pytest
 import yaml
 
+from {{ cookiecutter.package_name }}.queues import QUEUE_NAMES
 from {{ cookiecutter.package_name }}.settings import Settings
 
 COMPOSE_FILE = Path(__file__).resolve().parents[2] / "docker-compose.yml"
 ONE_SHOT = {"migrate"}
-WORKERS = ("worker-high", "worker-default", "worker-low")
+WORKERS = tuple(f"worker-{queue}" for queue in QUEUE_NAMES)
 
 
 @pytest.fixture(scope="module")
