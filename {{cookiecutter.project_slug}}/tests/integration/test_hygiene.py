@@ -13,7 +13,7 @@ import pytest
 
 from tests.harness.api import ApiClient
 from tests.harness.databases import Database
-from tests.harness.probes import ledger, queue_keys, run_python, wait_ledger
+from tests.harness.probes import ledger, queue_keys, run_python, wait_ledger, wait_until
 from tests.harness.redis import RedisSentinelCluster
 from tests.harness.stack import Stack, StackOptions
 
@@ -156,11 +156,14 @@ def test_a_replay_waits_for_the_one_in_progress_and_returns_its_run(
     made, coming = stack.run_dir / f"replay-made-{dead_id}", stack.run_dir / f"replay-{dead_id}"
     with ThreadPoolExecutor(1) as pool:
         first = pool.submit(run_python, stack, replay_script(stack, dead_id, made, coming, True))
-        deadline = time.monotonic() + 60
-        while not made.exists():
-            assert time.monotonic() < deadline, "the first replay never made its run"
+
+        def first_made_its_run() -> bool:
+            if made.exists():
+                return True
             assert not first.done(), first.result()
-            time.sleep(0.05)
+            return False
+
+        wait_until(first_made_its_run, 60, "the first replay making its run", 0.05)
         second_id = run_python(stack, replay_script(stack, dead_id, made, coming, False)).strip()
         first_id = first.result().strip()
     assert second_id == first_id == made.read_text()
