@@ -91,6 +91,9 @@ class Settings(BaseSettings):
 
     service_name: str = "{{ cookiecutter.project_slug }}"
     environment: Literal["development", "test", "production"] = "production"
+    # The process kind (the Helm chart sets it per pod, each pod holding only its own
+    # secrets): which secrets production requires. Empty: all of them.
+    process_kind: Literal["", "api", "worker", "beat", "flower", "migrate"] = ""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = True
 
@@ -369,11 +372,15 @@ class Settings(BaseSettings):
 
     def _required_secrets(self) -> tuple[str, ...]:
         """The secrets a production deployment must set (an empty one is an open door)."""
-        names = ["database_url", "redis_password"]
-        if self.redis_mode == "sentinel":
-            names.append("redis_sentinel_password")
+        kind = self.process_kind
+        names = [] if kind == "flower" else ["database_url"]  # Flower never opens the ledger
+        if kind != "migrate":  # the migrations touch the database only
+            names.append("redis_password")
+            if self.redis_mode == "sentinel":
+                names.append("redis_sentinel_password")
 {%- if cookiecutter.use_flower == "yes" %}
-        names.append("flower_password")
+        if kind in ("", "flower"):
+            names.append("flower_password")
 {%- endif %}
         return tuple(names)
 

@@ -276,6 +276,33 @@ def test_production_refuses_placeholder_and_empty_secrets() -> None:
     assert "REDIS_PASSWORD" in message
 
 
+def test_production_requires_only_the_secrets_of_its_process_kind() -> None:
+    """A chart pod holds only its own secret files (PROCESS_KIND names the pod's kind)."""
+    strong: dict[str, Any] = {"redis_password": "r" * 24, "redis_sentinel_password": "s" * 24}
+    url = "postgresql+psycopg://app:a-real-password-here@db/app"
+{%- if cookiecutter.use_flower == "yes" %}
+    flower = Settings(
+        environment="production", process_kind="flower", flower_password="f" * 24, **strong
+    )
+    assert flower.process_kind == "flower"  # no DATABASE_URL needed
+    with pytest.raises(ValidationError, match="FLOWER_PASSWORD"):
+        Settings(environment="production", process_kind="flower", flower_password="", **strong)
+{%- endif %}
+    for kind in ("api", "worker", "beat"):
+        assert Settings(environment="production", process_kind=kind, database_url=url, **strong)
+        with pytest.raises(ValidationError, match="REDIS_PASSWORD"):
+            Settings(
+                environment="production", process_kind=kind, database_url=url, redis_password=""
+            )
+    assert Settings(environment="production", process_kind="migrate", database_url=url)
+    with pytest.raises(ValidationError, match="DATABASE_URL"):
+        Settings(
+            environment="production",
+            process_kind="migrate",
+            database_url="postgresql+psycopg://app:change-me-database-password@db/app",
+        )
+
+
 def test_secrets_are_read_from_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)  # no project .env in the way
     secret = tmp_path / "redis-password"

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from {{ cookiecutter.package_name }}.queues import QUEUE_NAMES
 from {{ cookiecutter.package_name }}.settings import Settings
@@ -133,8 +134,41 @@ def test_secrets_are_files_each_mounted_only_where_it_is_used(
             assert redis_users == {f"redis_user_{own}_password"}, (name, redis_users)
             env = service["environment"]
             assert env["REDIS_USERNAME"] == own, name
+            # Production requires of it exactly the secrets of its kind (settings.py).
+            assert env["PROCESS_KIND"] == own, name
             assert env["REDIS_PASSWORD_FILE"] == f"/run/secrets/redis_user_{own}_password", name
     assert used == declared, f"declared but never mounted: {sorted(declared - used)}"
+    assert services["migrate"]["environment"]["PROCESS_KIND"] == "migrate"
     assert not mounted_secrets(services["migrate"]) & {
         s for s in declared if s.startswith("redis_user_")
     }, "the migrations get a Redis password"
+
+
+# The setting each mounted secret file feeds (through <SETTING>_FILE).
+SETTING_OF_SECRET = {
+    "sentinel_user_client_password": "redis_sentinel_password",
+    "database_password": "database_password",
+    "flower_password": "flower_password",
+}
+
+
+def test_each_app_container_has_every_secret_production_asks_of_it(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    """With ENVIRONMENT=production a process refuses to start without a secret its kind
+    needs: the secrets compose mounts into each app container must be enough."""
+    for name, service in services.items():
+        kind = (service.get("environment") or {}).get("PROCESS_KIND")
+        if kind is None:
+            continue
+        given: dict[str, Any] = {}
+        for secret in mounted_secrets(service):
+            setting = SETTING_OF_SECRET.get(secret, "redis_password")
+            given[setting] = f"{secret}-a-strong-value"
+        for setting in ("redis_password", "redis_sentinel_password", "flower_password"):
+            given.setdefault(setting, "")
+        url = service["environment"]["DATABASE_URL"]
+        try:
+            Settings(environment="production", process_kind=kind, database_url=url, **given)
+        except ValidationError as refused:
+            pytest.fail(f"{name} would not start in production: {refused}")

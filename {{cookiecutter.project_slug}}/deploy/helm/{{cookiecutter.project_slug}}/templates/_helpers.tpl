@@ -388,6 +388,9 @@ imagePullPolicy: {{ .ctx.Values.image.pullPolicy }}
 securityContext:
   {{- include "chart.containerSecurityContext" . | nindent 2 }}
 env:
+  # Which secrets the settings require: only this pod's own (settings.py _required_secrets).
+  - name: PROCESS_KIND
+    value: {{ .user | quote }}
   {{- include "chart.redisClientEnv" (dict "ctx" .ctx "user" (required "chart.appContainerCommon needs a Redis user" .user)) | nindent 2 }}
   {{- include "chart.secretFileEnv" (dict "ctx" .ctx "files" (include "chart.appSecretFiles" . | fromJsonArray)) | nindent 2 }}
   {{- with .values.extraEnv }}
@@ -421,6 +424,8 @@ database URL from the pod's secret files (chart.appVolumes).
   securityContext:
     {{- include "chart.containerSecurityContext" . | nindent 4 }}
   env:
+    - name: PROCESS_KIND
+      value: migrate
     {{- include "chart.secretFileEnv" (dict "ctx" . "files" (list (include "chart.databaseUrlFile" . | fromJson))) | nindent 4 }}
   envFrom:
     - configMapRef:
