@@ -91,9 +91,9 @@ class Settings(BaseSettings):
 
     service_name: str = "{{ cookiecutter.project_slug }}"
     environment: Literal["development", "test", "production"] = "production"
-    # The process kind (the Helm chart sets it per pod, each pod holding only its own
-    # secrets): which secrets production requires. Empty: all of them.
-    process_kind: Literal["", "api", "worker", "beat", "flower", "migrate"] = ""
+    # The kind of this process (compose sets it per service, each holding only its own
+    # secret files): which secrets production requires. Empty: all of them.
+    process_kind: Literal["", "api", "worker", "beat",{% if cookiecutter.use_flower == "yes" %} "flower",{% endif %} "migrate"] = ""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = True
 
@@ -373,7 +373,11 @@ class Settings(BaseSettings):
     def _required_secrets(self) -> tuple[str, ...]:
         """The secrets a production deployment must set (an empty one is an open door)."""
         kind = self.process_kind
+{%- if cookiecutter.use_flower == "yes" %}
         names = [] if kind == "flower" else ["database_url"]  # Flower never opens the ledger
+{%- else %}
+        names = ["database_url"]
+{%- endif %}
         if kind != "migrate":  # the migrations touch the database only
             names.append("redis_password")
             if self.redis_mode == "sentinel":

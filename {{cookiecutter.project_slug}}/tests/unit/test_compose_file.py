@@ -148,8 +148,12 @@ def test_secrets_are_files_each_mounted_only_where_it_is_used(
 SETTING_OF_SECRET = {
     "sentinel_user_client_password": "redis_sentinel_password",
     "database_password": "database_password",
+{%- if cookiecutter.use_flower == "yes" %}
     "flower_password": "flower_password",
+{%- endif %}
 }
+# Every secret production may require; one a container is not given stays empty.
+REQUIRED_SECRETS = ("redis_password", "redis_sentinel_password"{% if cookiecutter.use_flower == "yes" %}, "flower_password"{% endif %})
 
 
 def test_each_app_container_has_every_secret_production_asks_of_it(
@@ -165,7 +169,7 @@ def test_each_app_container_has_every_secret_production_asks_of_it(
         for secret in mounted_secrets(service):
             setting = SETTING_OF_SECRET.get(secret, "redis_password")
             given[setting] = f"{secret}-a-strong-value"
-        for setting in ("redis_password", "redis_sentinel_password", "flower_password"):
+        for setting in REQUIRED_SECRETS:
             given.setdefault(setting, "")
         url = service["environment"]["DATABASE_URL"]
         try:
