@@ -395,8 +395,9 @@ class Settings(BaseSettings):
 
     @property
     def reconcile_retry_after(self) -> int:
-        """A RETRY row older than this lost its scheduled retry message."""
-        return self.visibility_timeout + self.task_retry_backoff_max
+        """A RETRY row older than this (and due) lost its retry message: due within the
+        backoff cap, it then had as long to start as a published message."""
+        return self.reconcile_published_after + self.task_retry_backoff_max
 
     @property
     def max_countdown(self) -> int:
