@@ -1,47 +1,25 @@
-"""Prune unselected features (from the one manifest) and write .env with fresh secrets."""
+"""Prune unselected features (from the one manifest) and make the stack's secrets."""
 
 from __future__ import annotations
 
-import hashlib
 import json
-import secrets
+import runpy
 import shutil
 import sys
 from pathlib import Path
 
+# Every answer, as cookiecutter rendered it.
+ANSWERS: dict[str, object] = json.loads(r"""{{ cookiecutter | jsonify }}""")
+# feature -> the question that turns it off, that answer, and the paths it owns.
 MANIFEST = Path("features.json")
-ENV_EXAMPLE = Path(".env.example")
-ENV_FILE = Path(".env")
-
-# Placeholders in .env.example that must never reach a running stack: each one gets
-# its own random value (URL-safe, so it can sit inside a connection URL).
-SECRET_PLACEHOLDERS = (
-    "change-me-redis-worker-password",
-    "change-me-redis-api-password",
-    "change-me-redis-beat-password",
-    "change-me-redis-flower-password",
-    "change-me-redis-exporter-password",
-    "change-me-redis-metrics-password",
-    "change-me-redis-admin-password",
-    "change-me-redis-replica-password",
-    "change-me-redis-sentinel-user-password",
-    "change-me-sentinel-peer-password",
-    "change-me-sentinel-password",
-    "change-me-flower-password",
-    "change-me-database-password",
-    "change-me-grafana-password",
-)
-
-# The admin API key (api/keys.py: KEY_PREFIX and 32 random bytes) and its hash.
-API_KEY_PREFIX = "tsk_"
-API_KEY_DIGEST_PLACEHOLDER = "change-me-api-key-sha256"
-API_KEY_PLACEHOLDER = "change-me-api-key"
+# Writes secrets/ and .env (fresh random values); the project keeps it for later clones.
+MAKE_SECRETS = Path("deploy/make_secrets.py")
 
 
 def prune(manifest: dict[str, dict[str, object]]) -> None:
     """Remove every path of every feature whose answer turned it off."""
     for feature, entry in manifest.items():
-        if entry["enabled"]:
+        if ANSWERS[str(entry["question"])] != entry["off"]:
             continue
         for raw in entry["paths"]:  # type: ignore[attr-defined]
             path = Path(raw)
@@ -57,23 +35,10 @@ def prune(manifest: dict[str, dict[str, object]]) -> None:
                 parent = parent.parent
 
 
-def write_env() -> None:
-    """Copy .env.example to .env, replacing each placeholder with a fresh secret."""
-    text = ENV_EXAMPLE.read_text()
-    # The admin API key, and the SHA-256 the API compares it with (api/keys.py's digest).
-    key = API_KEY_PREFIX + secrets.token_urlsafe(32)
-    text = text.replace(API_KEY_DIGEST_PLACEHOLDER, hashlib.sha256(key.encode()).hexdigest())
-    text = text.replace(API_KEY_PLACEHOLDER, key)
-    for placeholder in SECRET_PLACEHOLDERS:
-        text = text.replace(placeholder, secrets.token_urlsafe(24))
-    ENV_FILE.write_text(text)
-    ENV_FILE.chmod(0o600)
-
-
 def main() -> int:
     prune(json.loads(MANIFEST.read_text()))
     MANIFEST.unlink()
-    write_env()
+    runpy.run_path(str(MAKE_SECRETS))["main"]()
     return 0
 
 

@@ -2,39 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import keyword
 import re
 import sys
 import zoneinfo
+from typing import Any
 
-ANSWERS = {
-    "project_name": {{ cookiecutter.project_name | tojson }},
-    "project_slug": {{ cookiecutter.project_slug | tojson }},
-    "package_name": {{ cookiecutter.package_name | tojson }},
-    "author_email": {{ cookiecutter.author_email | tojson }},
-    "python_version": {{ cookiecutter.python_version | tojson }},
-    "database": {{ cookiecutter.database | tojson }},
-    "redis_mode": {{ cookiecutter.redis_mode | tojson }},
-    "use_sentry": {{ cookiecutter.use_sentry | tojson }},
-    "use_flower": {{ cookiecutter.use_flower | tojson }},
-    "use_celery_exporter": {{ cookiecutter.use_celery_exporter | tojson }},
-    "use_helm": {{ cookiecutter.use_helm | tojson }},
-    "ci_provider": {{ cookiecutter.ci_provider | tojson }},
-    "timezone": {{ cookiecutter.timezone | tojson }},
-    "license": {{ cookiecutter.license | tojson }},
-}
+# Every answer, as cookiecutter rendered it (choice lists are checked by cookiecutter itself).
+ANSWERS: dict[str, Any] = json.loads(r"""{{ cookiecutter | jsonify }}""")
 
-CHOICES = {
-    "python_version": ("3.11", "3.12", "3.13"),
-    "database": ("postgresql", "mysql", "sqlite"),
-    "redis_mode": ("sentinel", "standalone"),
-    "use_sentry": ("yes", "no"),
-    "use_flower": ("yes", "no"),
-    "use_celery_exporter": ("yes", "no"),
-    "use_helm": ("yes", "no"),
-    "ci_provider": ("github", "none"),
-    "license": ("MIT", "Apache-2.0", "BSD-3-Clause", "Proprietary"),
-}
+# Questions with free-text answers that must still be one of a few words.
+YES_NO = ("use_helm",)
 
 # Imports the generated project makes (or its tooling does): a package with one of
 # these names would shadow the real library and break the project at import time.
@@ -48,20 +27,6 @@ SHADOWED_IMPORTS = frozenset(
     }
 )
 
-# Answer combinations the generated project cannot honour, each with its reason.
-UNSUPPORTED = (
-    (
-        {"use_helm": "yes", "database": "sqlite"},
-        "the Helm chart runs several pods and a SQLite ledger is a file on one machine;"
-        " choose database=postgresql or mysql, or use_helm=no",
-    ),
-    (
-        {"use_helm": "yes", "redis_mode": "standalone"},
-        "the Helm chart deploys Redis with Sentinel (standalone Redis loses the broker on"
-        " a node failure); choose redis_mode=sentinel, or use_helm=no",
-    ),
-)
-
 # Soft keywords of every supported Python (3.11-3.13), whatever Python runs this hook.
 SOFT_KEYWORDS = frozenset({"_", "case", "match", "type"})
 
@@ -70,11 +35,11 @@ PACKAGE_RE = re.compile(r"^[a-z_][a-z0-9_]*$")
 EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
-def problems(answers: dict[str, str]) -> list[str]:
+def problems(answers: dict[str, Any]) -> list[str]:
     found: list[str] = []
-    for key, allowed in CHOICES.items():
-        if answers[key] not in allowed:
-            found.append(f"{key}={answers[key]!r} is not one of {', '.join(allowed)}")
+    for key in YES_NO:
+        if answers[key] not in ("yes", "no"):
+            found.append(f"{key}={answers[key]!r} is not one of yes, no")
 
     if not answers["project_name"].strip():
         found.append("project_name must not be empty")
@@ -107,10 +72,12 @@ def problems(answers: dict[str, str]) -> list[str]:
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
         found.append(f"timezone={answers['timezone']!r} is not an IANA time zone name")
 
-    for combination, reason in UNSUPPORTED:
+    # Answer combinations the generated project cannot honour (cookiecutter.json).
+    for unsupported in answers["_unsupported"]:
+        combination = unsupported["answers"]
         if all(answers[key] == value for key, value in combination.items()):
             chosen = ", ".join(f"{key}={value}" for key, value in combination.items())
-            found.append(f"unsupported combination {chosen}: {reason}")
+            found.append(f"unsupported combination {chosen}: {unsupported['reason']}")
     return found
 
 

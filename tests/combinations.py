@@ -102,9 +102,12 @@ SUPPORTED: tuple[Combo, ...] = (
 )
 
 
+BY_ID = {combo.id: combo for combo in SUPPORTED}
+
+
 @dataclass(frozen=True)
 class Unsupported:
-    """A combination the pre-generation hook refuses, and a fragment of its reason."""
+    """A combination the pre-generation hook refuses, and its reason (cookiecutter.json)."""
 
     answers: dict[str, str]
     reason: str
@@ -114,10 +117,30 @@ class Unsupported:
         return ", ".join(f"{key}={value}" for key, value in self.answers.items())
 
 
-UNSUPPORTED: tuple[Unsupported, ...] = (
-    Unsupported({"use_helm": "yes", "database": "sqlite"}, "SQLite"),
-    Unsupported({"use_helm": "yes", "redis_mode": "standalone"}, "Sentinel"),
+UNSUPPORTED: tuple[Unsupported, ...] = tuple(
+    Unsupported(entry["answers"], entry["reason"]) for entry in QUESTIONS["_unsupported"]
 )
+
+
+@dataclass(frozen=True)
+class Feature:
+    """An optional part of the generated project (its features.json manifest): the answer
+    of `question` that turns it off, and a pattern every mention of it matches."""
+
+    name: str
+    question: str
+    off: str
+    mentions: str
+
+
+def features() -> tuple[Feature, ...]:
+    """The manifest's features (rendered with the default answers: only its paths vary)."""
+    raw = (TEMPLATE_DIR / "{{cookiecutter.project_slug}}" / "features.json").read_text()
+    manifest = json.loads(JINJA.from_string(raw).render(cookiecutter=effective_answers({})))
+    return tuple(
+        Feature(name, entry["question"], entry["off"], entry["mentions"])
+        for name, entry in manifest.items()
+    )
 
 
 def choice_questions() -> dict[str, list[str]]:

@@ -132,11 +132,18 @@ class ComposeStack:
         return f"http://127.0.0.1:{self.ports[variable]}"
 
     def api(self, timeout: float = 30) -> httpx.Client:
-        """A client of the stack's API with the admin key generation wrote into .env."""
-        key = self.dotenv()["API_KEY"]
+        """A client of the stack's API with the admin key generation made."""
+        key = self.secret("api_key")
         return httpx.Client(
             base_url=self.url("API_PORT"), timeout=timeout, headers={"X-API-Key": key}
         )
+
+    def secret(self, name: str) -> str:
+        """One of the project's secret files (secrets/<name>, deploy/make_secrets.py)."""
+        return (self.path / "secrets" / name).read_text().strip()
+
+    def secrets(self) -> dict[str, str]:
+        return {path.name: path.read_text().strip() for path in (self.path / "secrets").iterdir()}
 
     def dotenv(self) -> dict[str, str]:
         pairs = re.findall(r"^([A-Z_]+)=(.*)$", (self.path / ".env").read_text(), re.MULTILINE)
@@ -193,6 +200,22 @@ class ComposeStack:
         result = run(["docker", *args], cwd=self.path, timeout=60, env=self.env)
         assert result.returncode == 0, result.explain()
         return result
+
+    def gateway(self, service: str = "api") -> str:
+        """The host's address on the compose network `default` (the network's gateway), as
+        `service`'s container sees it: where a container reaches a server the test runs
+        on the host."""
+        container = str(self.services()[service]["Name"])
+        template = (
+            "{{range $name, $net := .NetworkSettings.Networks}}{{$name}}={{$net.Gateway}} {{end}}"
+        )
+        pairs = self.docker("inspect", "--format", template, container).output.split()
+        gateways = dict(pair.split("=", 1) for pair in pairs)
+        default = gateways.get(f"{self.name}_default") or (
+            next(iter(gateways.values())) if len(gateways) == 1 else ""
+        )
+        assert default, f"{container}: no gateway on {self.name}_default: {gateways}"
+        return default
 
     def exec(self, service: str, script: str, timeout: float = 30) -> Result:
         """Run a shell snippet inside a service's container (its environment applies);

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -12,7 +13,7 @@ import pytest
 
 from compose import require_compose
 
-from combinations import SUPPORTED
+from combinations import BY_ID, SUPPORTED, features
 from conftest import COMMAND_TIMEOUT, Baked, Result, combo_params, project_env, require, run
 
 ALL = pytest.mark.parametrize("combo", combo_params())
@@ -69,7 +70,7 @@ def test_no_template_leftovers(bake, combo) -> None:
 
 
 @ALL
-def test_env_file_has_fresh_secrets_and_is_ignored(bake, combo, tmp_path) -> None:
+def test_env_file_and_secret_files_are_fresh_and_ignored(bake, combo, tmp_path) -> None:
     baked = bake(combo)
     env, example = baked.path / ".env", baked.path / ".env.example"
     assert env.is_file(), ".env was not written by the post-generation hook"
@@ -77,6 +78,22 @@ def test_env_file_has_fresh_secrets_and_is_ignored(bake, combo, tmp_path) -> Non
     assert env.read_text() != example.read_text(), ".env is a plain copy of .env.example"
     assert "change-me" not in env.read_text().lower(), ".env still holds a placeholder"
     assert env.stat().st_mode & 0o077 == 0, f".env is readable by others: {env.stat()}"
+
+    # One file per secret the compose file mounts, and the admin API key, each its own
+    # random value; the directory is closed to other users of the machine.
+    folder = baked.path / "secrets"
+    assert folder.stat().st_mode & 0o077 == 0, f"secrets/ is open to others: {folder.stat()}"
+    compose_file = (baked.path / "docker-compose.yml").read_text()
+    declared = set(re.findall(r"file: \./secrets/(\w+)", compose_file))
+    assert {"redis_user_api_password", "redis_user_worker_password"} <= declared, declared
+    made = {path.name: path.read_text().strip() for path in folder.iterdir()}
+    assert set(made) == declared | {"api_key"}, sorted(set(made) ^ (declared | {"api_key"}))
+    assert all(len(value) >= 32 for value in made.values()), "a secret is short or empty"
+    assert len(set(made.values())) == len(made), "two secrets share a value"
+    for value in made.values():
+        assert value not in env.read_text(), ".env holds a secret"
+    digest = hashlib.sha256(made["api_key"].encode()).hexdigest()
+    assert digest in env.read_text(), "API_KEYS does not hold the admin key's hash"
 
     repo = tmp_path / "ignore-check"
     repo.mkdir()
@@ -88,6 +105,7 @@ def test_env_file_has_fresh_secrets_and_is_ignored(bake, combo, tmp_path) -> Non
         return subprocess.run(check, check=False).returncode == 0
 
     assert ignored(".env"), ".gitignore does not ignore .env"
+    assert ignored("secrets/api_key"), ".gitignore does not ignore secrets/"
     assert not ignored(".env.example"), ".gitignore ignores .env.example"
 
 
@@ -99,22 +117,12 @@ def test_features_manifest_is_removed(bake, combo) -> None:
 
 
 # --- pruning ---------------------------------------------------------------------------
-# question -> (answer that removes the feature, what names the feature). Searched
-# case-insensitively in every baked file's path and text. When the feature is kept the
-# pattern must match somewhere, so a stale pattern fails instead of passing vacuously.
-# Deliberately not searched: the bare word "workflow" (ordinary English in docs) and
-# exporters of other software (redis_exporter, postgres-exporter) - only the Celery one
-# and the bare word "exporter" are.
-FEATURES: dict[str, tuple[str, str]] = {
-    "use_sentry": ("no", r"sentry"),
-    "use_flower": ("no", r"(?<![a-z])flower"),
-    "use_celery_exporter": (
-        "no",
-        r"celery[-_ ]?exporter|exporter[-_ ]celery|(?<![\w-])exporters?(?![\w-])",
-    ),
-    "use_helm": ("no", r"(?<![a-z])helm(?![a-z])"),
-    "ci_provider": ("none", r"\.github\b|github[ -]actions|actions/checkout"),
-}
+# Each feature of the manifest names what mentions it (searched case-insensitively in every
+# baked file's path and text). When the feature is kept the pattern must match somewhere,
+# so a stale pattern fails instead of passing vacuously. Deliberately not searched: the bare
+# word "workflow" (ordinary English in docs) and exporters of other software
+# (redis_exporter, postgres-exporter) - only the Celery one and the bare word "exporter".
+FEATURES = features()
 # database -> the driver package; a bake depends on its own driver only. The ledger code
 # and the test harness stay dialect-neutral on purpose ("one code path; the dialect is the
 # URL"), so only the places that pin a database are checked: dependencies and defaults.
@@ -137,7 +145,8 @@ def mentions(baked: Baked, pattern: str) -> list[str]:
 def test_unselected_features_are_pruned(bake, combo) -> None:
     baked = bake(combo)
     problems: list[str] = []
-    for question, (off, pattern) in FEATURES.items():
+    for feature in FEATURES:
+        question, off, pattern = feature.question, feature.off, feature.mentions
         hits = mentions(baked, pattern)
         if combo.answer(question) == off and hits:
             problems.append(f"{question}={off} but /{pattern}/ found:\n  " + "\n  ".join(hits))
@@ -225,7 +234,6 @@ def test_chart_tests_pass(bake, combo) -> None:
 # They start Redis, Sentinel, a database server and the project's processes, so they run
 # in their own pass of ci/test.sh (`-m stack`, one at a time): two stacks sharing the two
 # cores would turn timing bounds into noise.
-BY_ID = {combo.id: combo for combo in SUPPORTED}
 # One bake per database answer (the ledger is tested on each), plus one with every
 # optional feature off (the harness without Flower and Sentry).
 INTEGRATION_COMBOS = tuple(
@@ -247,6 +255,7 @@ MODULE_COMBOS = {
     "test_broker_failover.py": ("default",),
     "test_redis_persistence.py": ("default",),
     "test_admission.py": ("default",),
+    "test_sentry_delivery.py": ("default",),
 }
 
 

@@ -2,7 +2,8 @@
 
 The default bake is built and started the way its README says (`docker compose build`,
 `docker compose up --wait`), used through its published ports, put through a Redis
-master kill in the middle of a stream of submissions, and torn down with `down -v`.
+master kill in the middle of a stream of submissions, watched by the `monitoring` profile
+(alerts delivered through Alertmanager to a webhook receiver), and torn down with `down -v`.
 The mysql bake gets a shorter smoke. The default bake's Helm chart runs too: its pods, as
 `helm template` renders them, on the same engine (`make test-pods`, the baked project's
 podrunner). Figures land in .ci-logs/container-tier.json.
@@ -16,12 +17,26 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from alerting import (
+    TEST_FOR,
+    TEST_GROUP_INTERVAL,
+    TEST_GROUP_WAIT,
+    TEST_INTERVAL,
+    AlertReceiver,
+    Delivery,
+    alert_rules,
+    changed_lines,
+    fast_monitoring_override,
+)
 from compose import LOG_DIR, ComposeStack, fast_settings, images
 from test_bake import BY_ID, assert_passed
 
@@ -136,7 +151,8 @@ def current_master(stack: ComposeStack) -> str:
     """The master's name as sentinel-1 announces it ("" when it does not answer)."""
     answer = stack.exec(
         "sentinel-1",
-        'REDISCLI_AUTH="$SENTINEL_USER_CLIENT_PASSWORD" redis-cli --user client -p 26379'
+        'REDISCLI_AUTH="$(cat /run/secrets/sentinel_user_client_password)"'
+        " redis-cli --user client -p 26379"
         ' sentinel get-master-addr-by-name "$REDIS_MASTER_NAME"',
         timeout=10,
     )
@@ -186,14 +202,30 @@ def test_app_containers_run_read_only_as_non_root_without_secrets_baked_in(
     assert "tmp-writable" in lines, probe.output
 
 
+def test_no_container_holds_a_secret_in_its_environment_nor_another_s_secret_file(
+    default_stack: ComposeStack,
+) -> None:
+    """Secrets are files, each mounted only where it is used (deploy/make_secrets.py)."""
+    secrets = default_stack.secrets()
+    assert len(secrets) >= 10, sorted(secrets)
+    for service, row in default_stack.services().items():
+        environment = default_stack.docker(
+            "inspect", "--format", "{{range .Config.Env}}{{println .}}{{end}}", str(row["Name"])
+        ).output
+        shown = [name for name, value in secrets.items() if value in environment]
+        assert not shown, f"{service}'s environment holds {shown}"
+    mounted = default_stack.exec("api", "ls /run/secrets").output.split()
+    assert "redis_user_api_password" in mounted, mounted
+    assert not {"redis_user_worker_password", "redis_user_admin_password"} & set(mounted), mounted
+
+
 def test_a_task_on_each_queue_succeeds(default_stack: ComposeStack) -> None:
     states = run_one_task_per_queue(default_stack)
     assert states == dict.fromkeys(QUEUE_TASKS, "SUCCEEDED")
 
 
 def test_flower_api_lists_every_worker_group(default_stack: ComposeStack) -> None:
-    env = default_stack.dotenv()
-    auth = (env["FLOWER_USER"], env["FLOWER_PASSWORD"])
+    auth = (default_stack.dotenv()["FLOWER_USER"], default_stack.secret("flower_password"))
     with httpx.Client(base_url=default_stack.url("FLOWER_PORT"), timeout=20) as client:
         assert client.get("/api/workers").status_code == 401
         deadline = time.monotonic() + 60
@@ -264,14 +296,16 @@ def replica_in_sync(stack: ComposeStack, node: str) -> bool:
     """`node` replicates with its link up, and sentinel-1 counts it a healthy replica."""
     info = stack.exec(
         node,
-        'REDISCLI_AUTH="$REDIS_USER_ADMIN_PASSWORD" redis-cli --user admin info replication',
+        'REDISCLI_AUTH="$(cat /run/secrets/redis_user_admin_password)"'
+        " redis-cli --user admin info replication",
         10,
     )
     if "role:slave" not in info.output or "master_link_status:up" not in info.output:
         return False
     replicas = stack.exec(
         "sentinel-1",
-        'REDISCLI_AUTH="$SENTINEL_USER_CLIENT_PASSWORD" redis-cli --user client -p 26379'
+        'REDISCLI_AUTH="$(cat /run/secrets/sentinel_user_client_password)"'
+        " redis-cli --user client -p 26379"
         ' sentinel replicas "$REDIS_MASTER_NAME"',
         timeout=10,
     )
@@ -497,6 +531,249 @@ def test_monitoring_profile_scrapes_every_target_and_loads_the_alert_rules(
     manager = httpx.get(stack.url("ALERTMANAGER_PORT") + "/api/v2/status", timeout=10).json()
     assert manager["cluster"]["status"] in {"ready", "disabled"}, manager
     assert "receivers" in manager["config"]["original"], manager
+
+
+def prometheus_query(stack: ComposeStack, expr: str) -> list[tuple[dict[str, str], float]]:
+    url = stack.url("PROMETHEUS_PORT") + "/api/v1/query"
+    body = httpx.get(url, params={"query": expr}, timeout=10).json()
+    return [(item["metric"], float(item["value"][1])) for item in body["data"]["result"]]
+
+
+def alert_durations(stack: ComposeStack) -> dict[str, float]:
+    """alert name -> the `for:` (seconds) of the rules the running Prometheus loaded."""
+    url = stack.url("PROMETHEUS_PORT") + "/api/v1/rules"
+    groups = httpx.get(url, params={"type": "alert"}, timeout=10).json()["data"]["groups"]
+    return {rule["name"]: float(rule["duration"]) for group in groups for rule in group["rules"]}
+
+
+def queue_length(stack: ComposeStack, queue: str) -> float:
+    """Waiting messages of `queue`, every priority list summed, as the exporter reads them."""
+    text = httpx.get(stack.url("CELERY_EXPORTER_PORT") + "/metrics", timeout=10).text
+    lengths = metric_values(text, "celery_queue_length")
+    return sum(value for labels, value in lengths.items() if f'queue_name="{queue}' in labels)
+
+
+def fill_queue(stack: ComposeStack, queue: str, count: int, senders: int = 4) -> list[str]:
+    """Submit `count` demo.echo tasks to `queue` through the API, priorities 0-9 in turn;
+    a 429 (the caller's rate limit) is retried after its Retry-After (2 s at most)."""
+    numbers = iter(range(count))
+    lock = threading.Lock()
+
+    def send() -> list[str]:
+        ids: list[str] = []
+        with stack.api(timeout=30) as client:
+            while True:
+                with lock:
+                    number = next(numbers, None)
+                if number is None:
+                    return ids
+                body = {
+                    "name": "demo.echo",
+                    "kwargs": {"message": f"backlog-{number}"},
+                    "queue": queue,
+                    "priority": number % 10,
+                }
+                while (response := client.post("/api/v1/tasks", json=body)).status_code == 429:
+                    time.sleep(min(float(response.headers.get("Retry-After", "1")), 2))
+                assert response.status_code == 202, f"{response.status_code} {response.text}"
+                ids.append(str(response.json()["id"]))
+
+    with ThreadPoolExecutor(max_workers=senders) as pool:
+        batches = [pool.submit(send) for _ in range(senders)]
+        return [task_id for batch in batches for task_id in batch.result()]
+
+
+def assert_delivered(
+    delivery: Delivery | None, rule: dict[str, Any], receiver: AlertReceiver, status: str
+) -> Delivery:
+    """A notification of `rule` in `status` came through the route to the `webhook`
+    receiver, carrying the rule's labels and its runbook link."""
+    assert delivery is not None, f"no {status} {rule['alert']} delivered: {receiver.summary()}"
+    assert delivery.notification["receiver"] == "webhook", delivery.notification
+    assert delivery.notification["groupLabels"].get("alertname") == rule["alert"], delivery
+    assert delivery.labels.items() >= rule["labels"].items(), delivery.labels
+    runbook = rule["annotations"]["runbook_url"]
+    assert delivery.annotations.get("runbook_url") == runbook, delivery.annotations
+    return delivery
+
+
+def test_monitoring_alerts_reach_the_webhook_receiver_through_alertmanager(
+    default_stack: ComposeStack, tmp_path: Path
+) -> None:
+    """Alerts are delivered, not only loaded: Prometheus and Alertmanager of the
+    `monitoring` profile, restarted on test copies of their configuration (every `for:`
+    at TEST_FOR, 5 s scrape and evaluation intervals, a 1 s group_wait, the `webhook`
+    receiver posting to a receiver this test runs on the host), thresholds and routes as
+    in production. Stopping the `low` worker group fires CeleryWorkerDown, starting it
+    resolves it; a backlog of one task past CeleryQueueBacklogHigh's production threshold
+    on `low` fires that alert with its `queue` label. The production configuration is
+    back afterwards."""
+    stack = default_stack
+    began = time.monotonic()
+    production = stack.path / "deploy" / "prometheus"
+    rules = alert_rules(production / "alerts.yml")
+    backlog_high = rules["CeleryQueueBacklogHigh"]
+    threshold = re.search(r">\s*(\d+)\s*$", backlog_high["expr"].strip())
+    assert threshold, backlog_high["expr"]
+    backlog = int(threshold.group(1)) + 1
+    figures: dict[str, Any] = {
+        "for": TEST_FOR,
+        "scrape_and_evaluation_interval": TEST_INTERVAL,
+        "group_wait": TEST_GROUP_WAIT,
+        "group_interval": TEST_GROUP_INTERVAL,
+        "backlog_tasks": backlog,
+    }
+    stack.must("start", *WORKERS)  # every worker group up, whichever test ran before
+    with AlertReceiver(stack.gateway()) as receiver:
+        override = fast_monitoring_override(stack.path, tmp_path, receiver.url)
+        # Expressions, thresholds, labels and annotations as in production: only the
+        # `for:` lines of the copy differ.
+        changed = list(
+            changed_lines(
+                (production / "alerts.yml").read_text(),
+                (tmp_path / "prometheus" / "alerts.yml").read_text(),
+            )
+        )
+        assert len(changed) == sum("for" in rule for rule in rules.values()), changed
+        assert all(new.strip() == f"for: {TEST_FOR}" for _, new in changed), changed
+        stack.profiles.add("monitoring")
+        try:
+            with_copies = ("-f", "docker-compose.yml", "-f", str(override))
+            figures["recreate_on_copies_s"] = recreate_monitoring(stack, *with_copies)
+            figures.update(deliver_worker_down_and_backlog(stack, receiver, rules, backlog))
+        finally:
+            stack.must("start", *WORKERS)
+            # Without the override: both recreated on the production configuration.
+            figures["restore_production_s"] = recreate_monitoring(stack)
+        assert set(receiver.paths) == {"/alerts"}, receiver.paths
+    figures["total_s"] = round(time.monotonic() - began, 1)
+    FIGURES.setdefault("default", {})["alerting"] = figures
+    write_figures()
+    print(f"\nalert delivery: {json.dumps(figures)}")
+    # The production rules and receivers are loaded again.
+    durations = alert_durations(stack)
+    production_for = parse_seconds(rules["CeleryWorkerDown"]["for"])
+    assert durations["CeleryWorkerDown"] == production_for, durations
+    manager = httpx.get(stack.url("ALERTMANAGER_PORT") + "/api/v2/status", timeout=10).json()
+    assert receiver.url not in manager["config"]["original"], manager["config"]["original"]
+    assert wait_healthy(stack, WORKERS, timeout=120) == []
+
+
+def recreate_monitoring(stack: ComposeStack, *files: str) -> float:
+    """(Re)create Prometheus and Alertmanager from the compose files given (the project's
+    own by default) and wait until both answer ready; the seconds it took. Their
+    dependency conditions are not waited for (--no-deps): each one's healthcheck
+    interval would add 10 s; readiness is polled here instead."""
+    started = time.monotonic()
+    services = ("redis-exporter", "alertmanager", "prometheus")
+    stack.must(*files, "--profile", "monitoring", "up", "--detach", "--no-deps", *services)
+
+    def ready(variable: str) -> bool:
+        try:
+            return httpx.get(stack.url(variable) + "/-/ready", timeout=5).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    for variable in ("ALERTMANAGER_PORT", "PROMETHEUS_PORT"):
+        assert wait_for(partial(ready, variable), 120, interval=0.5), f"{variable}: not ready"
+    return round(time.monotonic() - started, 1)
+
+
+def deliver_worker_down_and_backlog(
+    stack: ComposeStack, receiver: AlertReceiver, rules: dict[str, dict], backlog: int
+) -> dict[str, Any]:
+    worker_down, backlog_high = rules["CeleryWorkerDown"], rules["CeleryQueueBacklogHigh"]
+    figures: dict[str, Any] = {}
+    # The copies are what runs: the short `for:`, and the receiver in Alertmanager's config.
+    durations = alert_durations(stack)
+    assert durations["CeleryWorkerDown"] == parse_seconds(TEST_FOR), durations
+    manager = httpx.get(stack.url("ALERTMANAGER_PORT") + "/api/v2/status", timeout=10).json()
+    assert receiver.url in manager["config"]["original"], manager["config"]["original"]
+
+    # The exporter labels a worker with the host part of its node name (<group>@<host>):
+    # the container's hostname.
+    containers = stack.must("ps", "--quiet", "worker-low").output.split()
+    assert containers, stack.services().get("worker-low")
+    hosts = sorted(
+        stack.docker("inspect", "--format", "{{.Config.Hostname}}", *containers).output.split()
+    )
+
+    def low_workers_up() -> bool:
+        up = prometheus_query(stack, "celery_worker_up == 1")
+        return set(hosts) <= {labels.get("hostname") for labels, _ in up}
+
+    assert wait_for(low_workers_up, 90, interval=2), (
+        hosts,
+        prometheus_query(stack, "celery_worker_up"),
+    )
+
+    # Scenario 1: the `low` group stops; CeleryWorkerDown reaches the webhook for each of
+    # its workers, then resolves once the group is back.
+    stopped_at = time.time()
+    stack.must("stop", "worker-low")
+    for host in hosts:
+        fired = receiver.wait("CeleryWorkerDown", "firing", stopped_at, 180, hostname=host)
+        assert_delivered(fired, worker_down, receiver, "firing")
+        assert host in fired.annotations.get("summary", ""), fired.annotations
+    figures["worker_down_delivered_s"] = round(fired.received_at - stopped_at, 1)
+
+    # Scenario 2, the group still stopped: one task past the threshold waits on `low`.
+    # (The reconcile job re-publishes tasks PUBLISHED for RECONCILE_PUBLISHED_AFTER, so the
+    # queue may grow past what was submitted: the crossing is watched at the exporter.)
+    threshold = backlog - 1
+    exceeded: list[float] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            try:
+                if queue_length(stack, "low") > threshold:
+                    exceeded.append(time.time())
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    submitting_at = time.time()
+    try:
+        ids = fill_queue(stack, "low", backlog)
+        figures["backlog_submit_s"] = round(time.time() - submitting_at, 1)
+        assert wait_for(lambda: bool(exceeded), 60), queue_length(stack, "low")
+    finally:
+        done.set()
+        watcher.join(timeout=30)
+    piled = receiver.wait("CeleryQueueBacklogHigh", "firing", submitting_at, 180, queue="low")
+    assert_delivered(piled, backlog_high, receiver, "firing")
+    # Not before the exporter counted more than the threshold (`for:` later, at least).
+    assert piled.received_at > exceeded[0], (piled, exceeded)
+    counted = [float(n) for n in re.findall(r"\d+(?:\.\d+)?", piled.annotations["summary"])]
+    assert any(n > threshold for n in counted), piled.annotations
+    figures["backlog_delivered_s"] = round(piled.received_at - exceeded[0], 1)
+
+    # The group is back: CeleryWorkerDown resolves, the backlog drains and resolves.
+    started_at = time.time()
+    stack.must("start", "worker-low")
+    for host in hosts:
+        resolved = receiver.wait("CeleryWorkerDown", "resolved", started_at, 180, hostname=host)
+        assert_delivered(resolved, worker_down, receiver, "resolved")
+    figures["worker_down_resolved_s"] = round(resolved.received_at - started_at, 1)
+    drained = receiver.wait("CeleryQueueBacklogHigh", "resolved", started_at, 240, queue="low")
+    assert_delivered(drained, backlog_high, receiver, "resolved")
+    figures["backlog_resolved_s"] = round(drained.received_at - started_at, 1)
+    with stack.api(timeout=30) as client:
+        sample = ids[:: max(1, len(ids) // 10)]
+        # Every accepted task runs once the group is back; on a busy machine the worker works
+        # through the copies reconcile sent meanwhile first, so the bound is generous.
+        bodies = wait_final(client, sample, timeout=300)
+    assert {body["state"] for body in bodies.values()} == {"SUCCEEDED"}, bodies
+    return figures
+
+
+def parse_seconds(duration: str) -> float:
+    number, unit = re.fullmatch(r"(\d+)([smh])", duration).groups()
+    return float(number) * {"s": 1, "m": 60, "h": 3600}[unit]
 
 
 def test_down_removes_containers_volumes_and_networks(default_stack: ComposeStack) -> None:

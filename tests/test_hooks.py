@@ -51,6 +51,8 @@ INVALID_ANSWERS = [
     ("email", ["author_email=not-an-email"], ["author_email='not-an-email'", "e-mail"]),
     # cookiecutter itself refuses a value outside a choice list, before the hook runs.
     ("choice-outside-list", ["database=oracle"], ["oracle", "database"]),
+    # use_helm is free text (its default follows other answers): the hook checks it.
+    ("helm-not-yes-or-no", ["use_helm=maybe"], ["use_helm='maybe'", "yes, no"]),
 ]
 
 

@@ -5,7 +5,8 @@
 # on (commands, paths, environment variables, healthcheck tools), built from Debian
 # packages on a debootstrap root file system or from the PyPI package of the same program.
 # Prints `NAME=image` lines for the image variables of the generated project on stdout.
-# Idempotent: an image that already exists is kept (REBUILD=1 rebuilds).
+# Idempotent: an image built from the same directory content is kept (REBUILD=1 rebuilds);
+# a changed Dockerfile or script rebuilds its image, even on a machine that kept the old one.
 set -o errexit -o pipefail -o nounset
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -47,10 +48,19 @@ build_base() {
   docker tag "$base" "$python_image"
 }
 
+# A digest of a build directory's files, names included.
+context_digest() {
+  (cd "$here/$1" && find . -type f -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16)
+}
+
 build_image() {  # build_image TAG DIRECTORY
-  have "$1" && return 0
+  local digest
+  digest="$(context_digest "$2")"
+  if have "$1" && [ "$(docker image inspect --format '{{ index .Config.Labels "standin.context" }}' "$1")" = "$digest" ]; then
+    return 0
+  fi
   log "building $1"
-  docker build --quiet --build-arg "BASE=$base" --tag "$1" "$here/$2" >/dev/null
+  docker build --quiet --build-arg "BASE=$base" --label "standin.context=$digest" --tag "$1" "$here/$2" >/dev/null
 }
 
 started=$SECONDS

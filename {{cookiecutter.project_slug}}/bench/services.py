@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import signal
 from pathlib import Path
 from typing import Any
 
+import psutil
 import redis as redis_py
 from tests.harness.databases import Database, database_for, kind_of_url
 from tests.harness.processes import SupervisedProcess, run_command
@@ -203,9 +203,9 @@ class Services:
     def cpu_seconds(self, process: SupervisedProcess) -> float:
         """User + system CPU time used so far by a process and everything below it."""
         pids = [process.pid, *process.descendants()] if process.pid else []
-        ticks = 0
+        seconds = 0.0
         for pid in pids:
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-                ticks += int(fields[11]) + int(fields[12])
-        return ticks / os.sysconf("SC_CLK_TCK")
+            with contextlib.suppress(psutil.Error):
+                times = psutil.Process(pid).cpu_times()
+                seconds += times.user + times.system
+        return seconds

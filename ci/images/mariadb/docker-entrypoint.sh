@@ -3,6 +3,10 @@
 set -o errexit -o pipefail -o nounset
 socket=/run/mysqld/mysqld.sock
 if [ "$1" = mariadbd ] && [ ! -d /var/lib/mysql/mysql ]; then
+  # Like the official image: MARIADB_PASSWORD_FILE names a file holding the password.
+  if [ -n "${MARIADB_PASSWORD_FILE:-}" ]; then
+    MARIADB_PASSWORD="$(cat "$MARIADB_PASSWORD_FILE")"
+  fi
   if [ -n "${MARIADB_RANDOM_ROOT_PASSWORD:-}" ] && [ -z "${MARIADB_ROOT_PASSWORD:-}" ]; then
     MARIADB_ROOT_PASSWORD="$(head -c 24 /dev/urandom | base64)"
     echo "GENERATED ROOT PASSWORD: $MARIADB_ROOT_PASSWORD"

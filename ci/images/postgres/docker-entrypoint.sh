@@ -10,14 +10,6 @@ if [ "$1" = postgres ] && [ "$(id -u)" = 0 ]; then
   chmod 700 "$PGDATA"
   exec setpriv --reuid=postgres --regid=postgres --init-groups "$0" "$@"
 fi
-# <NAME>_FILE: the value read from a file (a mounted secret), as the official image does.
-for var in POSTGRES_PASSWORD POSTGRES_USER POSTGRES_DB; do
-  file_var="${var}_FILE"
-  if [ -n "${!file_var:-}" ]; then
-    export "$var"="$(<"${!file_var}")"
-    unset "$file_var"
-  fi
-done
 # Any uid (Kubernetes' runAsUser): initdb and postgres need a passwd entry, given through
 # nss_wrapper as the official image does.
 if ! getent passwd "$(id -u)" >/dev/null; then
@@ -31,7 +23,11 @@ if ! getent passwd "$(id -u)" >/dev/null; then
   done
 fi
 if [ "$1" = postgres ] && [ ! -s "$PGDATA/PG_VERSION" ]; then
-  : "${POSTGRES_PASSWORD:?POSTGRES_PASSWORD must be set}"
+  # Like the official image: POSTGRES_PASSWORD_FILE names a file holding the password.
+  if [ -n "${POSTGRES_PASSWORD_FILE:-}" ]; then
+    POSTGRES_PASSWORD="$(cat "$POSTGRES_PASSWORD_FILE")"
+  fi
+  : "${POSTGRES_PASSWORD:?POSTGRES_PASSWORD or POSTGRES_PASSWORD_FILE must be set}"
   user="${POSTGRES_USER:-postgres}"
   db="${POSTGRES_DB:-$user}"
   initdb --username="$user" --pwfile=<(printf '%s\n' "$POSTGRES_PASSWORD") \

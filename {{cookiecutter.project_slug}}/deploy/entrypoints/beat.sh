@@ -1,5 +1,4 @@
 #!/usr/bin/env bash
 # The single Celery beat scheduler.
-# Every deployment and the test harness start this process kind through this script.
 set -o errexit -o pipefail -o nounset
 exec python -m {{ cookiecutter.package_name }}.launch beat "$@"

@@ -2,7 +2,6 @@
 # The ledger database schema: with no argument, bring it to the current revision (one-shot,
 # before the app processes start); `migrate.sh wait` blocks until another run has done so
 # (init containers of Kubernetes pods).
-# Every deployment and the test harness run this before the app processes start.
 set -o errexit -o pipefail -o nounset
 if [ "$#" -eq 0 ]; then
   set -- upgrade head

@@ -4,8 +4,9 @@
 # /etc/redis-node). On the FIRST start it writes the node's config into its data volume;
 # after that Redis and Sentinel own the file (CONFIG REWRITE after a failover), so a
 # restarted node keeps its current role and epoch instead of the one it was created with.
-# Passwords come from the environment, never from the command line. The users are those of
-# users.acl: a Redis node's user <name> gets REDIS_USER_<NAME>_PASSWORD, a sentinel's
+# Passwords come from files compose mounts (/run/secrets/<variable in lower case>) or from
+# the environment, never from the command line. The users are those of users.acl: a Redis
+# node's user <name> gets REDIS_USER_<NAME>_PASSWORD, a sentinel's
 # SENTINEL_USER_<NAME>_PASSWORD; a user without its password stays off, as does `default`.
 #   REDIS_ANNOUNCE_HOST  this node's DNS name (announced to Sentinel and to clients)
 #   REDIS_MASTER_HOST    the first master's DNS name (default redis-master)
@@ -14,6 +15,15 @@
 #   SENTINEL_QUORUM (2), SENTINEL_DOWN_AFTER_MS (5000), SENTINEL_FAILOVER_TIMEOUT_MS (30000)
 #   SENTINEL_LIVE_DIR    where Sentinel's working config lives (default /run/sentinel)
 set -eu
+
+# Each mounted secret file as the shell variable it names (not exported).
+for secret in /run/secrets/*; do
+  [ -f "$secret" ] || continue
+  # shellcheck disable=SC2018,SC2019  # a variable name: ASCII A-Z whatever the locale
+  variable="$(basename "$secret" | tr a-z A-Z)"
+  # shellcheck disable=SC2229  # reads into the variable named by $variable, on purpose
+  IFS= read -r "$variable" <"$secret" || true
+done
 
 role="${1:?usage: redis-node.sh master|replica|sentinel}"
 announce="${REDIS_ANNOUNCE_HOST:?REDIS_ANNOUNCE_HOST must name this node}"
@@ -50,9 +60,12 @@ if [ ! -s "$conf" ]; then
         echo "port 6379"
         echo "user default off"
         acl_users redis
-        # A replica (and a demoted master) authenticates to the master as `replica`.
-        echo "masteruser replica"
-        echo "masterauth ${REDIS_USER_REPLICA_PASSWORD:-}"
+        # A replica (and a demoted master) authenticates to the master as `replica`; a
+        # lone node (no replica user) has no master to authenticate to.
+        if [ -n "${REDIS_USER_REPLICA_PASSWORD:-}" ]; then
+          echo "masteruser replica"
+          echo "masterauth $REDIS_USER_REPLICA_PASSWORD"
+        fi
         # Known to Sentinel (and so to clients) by name: container IPs change on restart.
         echo "replica-announce-ip $announce"
         if [ "$role" = replica ]; then

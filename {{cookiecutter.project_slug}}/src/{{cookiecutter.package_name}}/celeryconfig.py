@@ -88,11 +88,11 @@ broker_channel_error_retry = True
 # Bounded so a gevent worker shares ten producer connections instead of one per greenlet (R19).
 broker_pool_limit = _settings.broker_pool_limit
 
-# Result backend reads/writes retry through a failover instead of failing the task.
+# Result backend reads/writes retry through a failover instead of failing the task, with
+# the same budget as a publish (R17): as many tries, sleeps capped alike.
 result_backend_always_retry = True
-result_backend_max_retries = 20
-# ...with sleeps capped at 1 s: ~15 s in all, the same budget as a publish (R17).
-result_backend_max_sleep_between_retries_ms = 1000
+result_backend_max_retries = _settings.publish_retry_max_retries
+result_backend_max_sleep_between_retries_ms = int(_settings.publish_retry_interval_max * 1000)
 redis_socket_timeout = _settings.redis_socket_timeout
 redis_socket_connect_timeout = _settings.redis_socket_connect_timeout
 redis_retry_on_timeout = True

@@ -1,7 +1,7 @@
 """Build each process kind's command line from settings and exec it.
 
-deploy/entrypoints/*.sh call this, and every deployment and test starts processes through them:
-one definition of how api, worker, beat{% if cookiecutter.use_flower == "yes" %} and flower{% endif %} start.
+deploy/entrypoints/{api,worker,beat{% if cookiecutter.use_flower == "yes" %},flower{% endif %}}.sh exec this, and every deployment and test starts
+those processes through them: one definition of how each starts.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import get_args
 
 from {{ cookiecutter.package_name }}.queues import QUEUE_NAMES
-from {{ cookiecutter.package_name }}.settings import Pool, QueueGroup, Settings, WorkerGroup, get_settings
+from {{ cookiecutter.package_name }}.settings import Pool, Settings, WorkerGroup, get_settings
 
 CELERY_APP = "{{ cookiecutter.package_name }}.celery_app"
 
@@ -55,7 +55,7 @@ def worker_group(settings: Settings, options: argparse.Namespace) -> WorkerGroup
     pool = options.pool or (base.pool if base else None)
     concurrency = options.concurrency or (base.concurrency if base else None)
     if not queues or pool is None or concurrency is None:
-        groups = ", ".join(get_args(QueueGroup))
+        groups = ", ".join(QUEUE_NAMES)
         raise SystemExit(
             f"worker needs a queue group ({groups}) or all of --queues, --pool and --concurrency"
         )
@@ -122,7 +122,7 @@ def positive_int(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("kind", choices=["api", "worker", "beat"{% if cookiecutter.use_flower == "yes" %}, "flower"{% endif %}])
-    parser.add_argument("queue", nargs="?", choices=get_args(QueueGroup))
+    parser.add_argument("queue", nargs="?", choices=QUEUE_NAMES)
     parser.add_argument("--name", help="worker: the group's name (the node name's prefix)")
     parser.add_argument("--queues", help="worker: comma-separated queues to consume")
     parser.add_argument("--pool", choices=get_args(Pool), help="worker: execution pool")

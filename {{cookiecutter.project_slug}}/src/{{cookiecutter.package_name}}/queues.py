@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 from kombu import Exchange, Queue
 
-# The queues worker groups consume, one group each.
-QUEUE_NAMES = ("high", "default", "low")
+# The queues worker groups consume, one group each: the one list of them. Settings, the
+# API's `queue` field, the launcher's groups and the tests all derive theirs from it.
+QueueName = Literal["high", "default", "low"]
+QUEUE_NAMES: tuple[QueueName, ...] = get_args(QueueName)
 DEFAULT_QUEUE = "default"
 # R14: final failures are parked here; no worker group consumes it.
 DEAD_QUEUE = "dead"

@@ -12,17 +12,35 @@ from typing import Any
 
 from celery.schedules import crontab, schedule
 
+from {{ cookiecutter.package_name }}.ledger.models import PeriodicTask
 from {{ cookiecutter.package_name }}.settings import Settings
 
 
 @dataclass(frozen=True)
 class PeriodicSpec:
+    """One periodic entry, checked once: a ValueError unless its timing is one Celery runs."""
+
     name: str
     task: str
     interval_seconds: float | None = None
     crontab: str | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
     queue: str | None = None
+
+    def __post_init__(self) -> None:
+        celery_schedule(self.interval_seconds, self.crontab)
+
+    def row(self, *, enabled: bool = True) -> PeriodicTask:
+        """The `periodic_tasks` row of this entry (beat's defaults and the CLI's `set`)."""
+        return PeriodicTask(
+            name=self.name,
+            task=self.task,
+            interval_seconds=self.interval_seconds,
+            crontab=self.crontab,
+            kwargs=self.kwargs,
+            queue=self.queue,
+            enabled=enabled,
+        )
 
 
 def default_entries(settings: Settings) -> list[PeriodicSpec]:

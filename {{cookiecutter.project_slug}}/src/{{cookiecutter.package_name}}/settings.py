@@ -19,9 +19,13 @@ from pydantic_settings import (
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
+{%- if cookiecutter.database != "sqlite" %}
+from sqlalchemy.engine import make_url
+{%- endif %}
+
+from {{ cookiecutter.package_name }}.queues import QueueName
 
 Pool = Literal["prefork", "gevent", "solo", "threads"]
-QueueGroup = Literal["high", "default", "low"]
 CommaList = Annotated[tuple[str, ...], NoDecode]
 
 
@@ -87,9 +91,9 @@ class Settings(BaseSettings):
 
     service_name: str = "{{ cookiecutter.project_slug }}"
     environment: Literal["development", "test", "production"] = "production"
-    # The process kind (the Helm chart sets it per pod, each pod holding only its own
-    # secrets): which secrets production requires. Empty: all of them.
-    process_kind: Literal["", "api", "worker", "beat", "flower", "migrate"] = ""
+    # The kind of this process (compose sets it per service, each holding only its own
+    # secret files): which secrets production requires. Empty: all of them.
+    process_kind: Literal["", "api", "worker", "beat",{% if cookiecutter.use_flower == "yes" %} "flower",{% endif %} "migrate"] = ""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = True
 
@@ -128,6 +132,12 @@ class Settings(BaseSettings):
     database_url: SecretStr = SecretStr(
         "mysql+pymysql://app:change-me-database-password@127.0.0.1:3306/app"
     )
+{%- endif %}
+{%- if cookiecutter.database != "sqlite" %}
+    # The URL's password on its own, so it can come from a file (DATABASE_PASSWORD_FILE,
+    # compose's secrets) while DATABASE_URL stays plain configuration. Set, it replaces
+    # the URL's password.
+    database_password: SecretStr = SecretStr("")
 {%- else %}
     database_url: SecretStr = SecretStr("sqlite:///var/ledger.sqlite3")
 {%- endif %}
@@ -363,7 +373,11 @@ class Settings(BaseSettings):
     def _required_secrets(self) -> tuple[str, ...]:
         """The secrets a production deployment must set (an empty one is an open door)."""
         kind = self.process_kind
+{%- if cookiecutter.use_flower == "yes" %}
         names = [] if kind == "flower" else ["database_url"]  # Flower never opens the ledger
+{%- else %}
+        names = ["database_url"]
+{%- endif %}
         if kind != "migrate":  # the migrations touch the database only
             names.append("redis_password")
             if self.redis_mode == "sentinel":
@@ -381,8 +395,9 @@ class Settings(BaseSettings):
 
     @property
     def reconcile_retry_after(self) -> int:
-        """A RETRY row older than this lost its scheduled retry message."""
-        return self.visibility_timeout + self.task_retry_backoff_max
+        """A RETRY row older than this (and due) lost its retry message: due within the
+        backoff cap, it then had as long to start as a published message."""
+        return self.reconcile_published_after + self.task_retry_backoff_max
 
     @property
     def max_countdown(self) -> int:
@@ -413,6 +428,17 @@ class Settings(BaseSettings):
         return options
 
     @property
+    def database_dsn(self) -> str:
+        """DATABASE_URL with DATABASE_PASSWORD in it, if that is set."""
+        url = self.database_url.get_secret_value()
+{%- if cookiecutter.database != "sqlite" %}
+        password = self.database_password.get_secret_value()
+        if password:
+            return make_url(url).set(password=password).render_as_string(hide_password=False)
+{%- endif %}
+        return url
+
+    @property
     def broker_url(self) -> str:
         return self._redis_url(self.redis_broker_db)
 
@@ -420,21 +446,41 @@ class Settings(BaseSettings):
     def result_backend_url(self) -> str:
         return self._redis_url(self.redis_result_db)
 
-    def worker_group(self, queue: QueueGroup) -> WorkerGroup:
-        pool: Pool = getattr(self, f"worker_{queue}_pool")
-        concurrency: int = getattr(self, f"worker_{queue}_concurrency")
-        return WorkerGroup(queue, (queue,), pool, concurrency)
+    @property
+    def worker_groups(self) -> dict[QueueName, WorkerGroup]:
+        """The worker group of each queue, from WORKER_<QUEUE>_POOL / _CONCURRENCY."""
+        return {
+            "high": WorkerGroup(
+                "high", ("high",), self.worker_high_pool, self.worker_high_concurrency
+            ),
+            "default": WorkerGroup(
+                "default", ("default",), self.worker_default_pool, self.worker_default_concurrency
+            ),
+            "low": WorkerGroup("low", ("low",), self.worker_low_pool, self.worker_low_concurrency),
+        }
+
+    def worker_group(self, queue: QueueName) -> WorkerGroup:
+        return self.worker_groups[queue]
+
+    @property
+    def api_max_backlogs(self) -> dict[QueueName, int]:
+        """API_MAX_BACKLOG_<QUEUE> by queue."""
+        return {
+            "high": self.api_max_backlog_high,
+            "default": self.api_max_backlog_default,
+            "low": self.api_max_backlog_low,
+        }
 
 
 PLACEHOLDER_MARK = "change-me"
 
 
 def _is_placeholder(settings: Settings, name: str) -> bool:
-    value: SecretStr = getattr(settings, name)
-    secret = value.get_secret_value()
     if name == "database_url":
         # SQLite has no password; a server URL must not carry the example's.
-        return PLACEHOLDER_MARK in secret
+        return PLACEHOLDER_MARK in settings.database_dsn
+    value: SecretStr = getattr(settings, name)
+    secret = value.get_secret_value()
     return not secret or PLACEHOLDER_MARK in secret
 
 

@@ -27,8 +27,8 @@ from typing import Any
 from celery import Celery, signals
 from sqlalchemy.exc import SQLAlchemyError
 
+from {{ cookiecutter.package_name }}.broker_errors import BROKER_ERRORS
 from {{ cookiecutter.package_name }}.ledger import heartbeats
-from {{ cookiecutter.package_name }}.ledger.publish import BROKER_ERRORS
 from {{ cookiecutter.package_name }}.ledger.reconcile import rescue_orphans
 from {{ cookiecutter.package_name }}.settings import Settings, get_settings
 

@@ -2,9 +2,10 @@
 
 One job per module:
 
+- `waiting`: `wait_until`, the one way to poll (re-exported by `probes`);
 - `ports`: free loopback ports;
 - `processes`: `SupervisedProcess`, a command with a restart policy, a log file and a clean
-  stop (and `leaked_processes()` to prove a teardown left nothing running);
+  stop (and `leaked_processes()`, on psutil, to prove a teardown left nothing running);
 - `binaries`: where server binaries are, and skip (locally) or fail (CI=true) without them;
 - `redis`: `RedisSentinelCluster` and `StandaloneRedis`;
 - `databases`: `PostgresServer`, `MariaDBServer`, `SqliteDatabase`, `database_for(kind)`;

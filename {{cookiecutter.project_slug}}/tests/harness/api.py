@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Collection, Mapping
 from typing import Any
 
 import httpx
+
+from tests.harness.waiting import NotYet, wait_until
 
 TASKS = "/api/v1/tasks"
 # Answers worth waiting through while polling (a failover makes the backend briefly 503).
@@ -77,34 +78,23 @@ class ApiClient:
         that is not wanted (FAILURE while waiting for SUCCESS) fails at once.
         """
         wanted = {states} if isinstance(states, str) else set(states)
-        final = {"SUCCESS", "FAILURE", "REVOKED"}
-        deadline = time.monotonic() + timeout
-        last: object = "no answer"
-        while True:
-            try:
-                response = self.status(task_id)
-            except httpx.TransportError as exc:
-                last = f"{type(exc).__name__}: {exc}"
-            else:
-                if response.status_code == 200:
-                    body: dict[str, Any] = response.json()
-                    state = task_state(body)
-                    if state in wanted:
-                        return body
-                    if state in final:
-                        raise AssertionError(
-                            f"task {task_id} ended {state}, wanted {wanted}: {body}"
-                        )
-                    last = body
-                elif response.status_code in TRANSIENT_STATUS:
-                    last = f"{response.status_code} {response.text}"
-                else:
-                    raise AssertionError(
-                        f"status of {task_id}: {response.status_code} {response.text}"
-                    )
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"task {task_id} not in {wanted} after {timeout:.0f} s: {last}")
-            time.sleep(interval)
+
+        def reached() -> dict[str, Any]:
+            response = self.status(task_id)
+            if response.status_code in TRANSIENT_STATUS:
+                raise NotYet(f"{response.status_code} {response.text}")
+            if response.status_code != 200:
+                raise AssertionError(f"status of {task_id}: {response.status_code} {response.text}")
+            body: dict[str, Any] = response.json()
+            state = task_state(body)
+            if state in wanted:
+                return body
+            if state in {"SUCCESS", "FAILURE", "REVOKED"}:
+                raise AssertionError(f"task {task_id} ended {state}, wanted {wanted}: {body}")
+            raise NotYet(body)
+
+        what = f"task {task_id} in {wanted}"
+        return wait_until(reached, timeout, what, interval, ignore=(httpx.TransportError,))
 
     def metrics(self) -> str:
         response = self.http.get("/metrics")

@@ -16,20 +16,15 @@ import shutil
 import signal
 import sqlite3
 import tempfile
-import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from tests.harness.binaries import require_binary, require_user
 from tests.harness.ports import LOOPBACK, free_port
-from tests.harness.processes import (
-    CommandFailed,
-    ProcessIdentity,
-    SupervisedProcess,
-    run_command,
-)
+from tests.harness.processes import CommandFailed, ProcessIdentity, SupervisedProcess, run_command
 from tests.harness.scratch import ScratchDir
 from tests.harness.tls import Certificates
+from tests.harness.waiting import wait_until
 
 APP_USER = "app"
 APP_DATABASE = "app"
@@ -37,18 +32,6 @@ _CLIENT_ENV = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     "LC_ALL": "C.UTF-8",
 }
-
-
-def _wait_for(command: list[str], timeout: float, what: str, process: SupervisedProcess) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            run_command(command, env=_CLIENT_ENV, timeout=10)
-            return
-        except CommandFailed as exc:
-            if not process.running or time.monotonic() > deadline:
-                raise TimeoutError(f"{what} not ready: {exc}\n{process.log_tail()}") from None
-        time.sleep(0.2)
 
 
 class Database:
@@ -68,7 +51,7 @@ class Database:
     def env(self) -> dict[str, str]:
         return {"DATABASE_URL": self.url}
 
-    def start(self, timeout: float = 60) -> Database:
+    def start(self, timeout: float = 60) -> Self:
         return self
 
     def stop(self) -> None:
@@ -76,7 +59,7 @@ class Database:
             process.stop()
         self._scratch.cleanup()
 
-    def __enter__(self) -> Database:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:
@@ -94,7 +77,22 @@ class Database:
 
 
 class _ServerDatabase(Database):
-    """A database server process of our own, its data in a private directory."""
+    """A database server process of our own, its data in a private directory.
+
+    `start()` is one script for every server; a subclass fills in its steps: the binaries
+    (`_find_binaries`), the data directory (`_init_command`), the server (`_server_command`)
+    and the app role and database (`_setup_sql`). Setup SQL runs as the administrator
+    through the server's own client (`_admin`), once that client gets an answer.
+    """
+
+    name = ""
+    #: The SQLAlchemy driver of its URL.
+    scheme = ""
+    #: Where the administrator connects for readiness and setup (None: no database).
+    admin_database: str | None = None
+    #: The system account the server runs as when the tests run as root (None: root).
+    service_user: str | None = None
+    stop_signal = signal.SIGTERM
 
     def __init__(self, workdir: str | Path | None, prefix: str, *, tls: bool = False) -> None:
         super().__init__(workdir, prefix)
@@ -103,14 +101,92 @@ class _ServerDatabase(Database):
         self._process: SupervisedProcess | None = None
         self.tls = Certificates(self.workdir / "tls") if tls else None
 
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://{APP_USER}:{self.password}@{LOOPBACK}:{self.port}/{APP_DATABASE}"
+
+    # --- the steps of a server ----------------------------------------------------------
+
+    def _find_binaries(self) -> None:
+        raise NotImplementedError
+
+    def _init_command(self, data: Path) -> list[str]:
+        raise NotImplementedError
+
+    def _server_command(self, data: Path) -> list[str]:
+        raise NotImplementedError
+
+    def _setup_sql(self) -> list[str]:
+        raise NotImplementedError
+
+    def _admin(self, *statements: str, database: str | None = APP_DATABASE) -> str:
+        """Run SQL through the server's own command-line client; its text output."""
+        raise NotImplementedError
+
+    # --- the script ---------------------------------------------------------------------
+
+    @property
+    def _owner(self) -> str | None:
+        """Who the server's files belong to: its service user under root, else us."""
+        return self.service_user if os.geteuid() == 0 else None
+
+    def start(self, timeout: float = 60) -> Self:
+        self._find_binaries()
+        if self._owner is not None:
+            require_user(self._owner, "postgresql")
+        # The server must reach its files: a directory of its own in the system temp dir
+        # (pytest's tmp_path is private to the test user).
+        self._private = Path(tempfile.mkdtemp(prefix=f"{self.name}-"))
+        (self._private / "run").mkdir()
+        if self._owner is not None:
+            for path in (self._private, self._private / "run"):
+                shutil.chown(path, self._owner, self._owner)
+        data = self._private / "data"
+        log_dir = self.workdir / "logs"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            run_command(
+                self._init_command(data),
+                env=_CLIENT_ENV,
+                cwd=self._private,
+                timeout=120,
+                log_file=log_dir / f"{self.name}-init.log",
+            )
+            process = SupervisedProcess(
+                self.name,
+                self._server_command(data),
+                env=_CLIENT_ENV,
+                cwd=self._private,
+                log_dir=log_dir,
+                restart=False,
+                stop_signal=self.stop_signal,
+                stop_timeout=30,
+                user=self._owner,
+            )
+            self._process = process.start()
+
+            def answers() -> bool:
+                if not process.running:
+                    raise RuntimeError(f"{self.name} exited\n{process.log_tail()}")
+                self._admin("SELECT 1", database=self.admin_database)
+                return True
+
+            what = f"{self.name} answering its client"
+            wait_until(answers, timeout, what, ignore=(CommandFailed,), detail=process.log_tail)
+            self._admin(*self._setup_sql(), database=self.admin_database)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
     def env(self) -> dict[str, str]:
         env = super().env()
         if self.tls is not None:
             env["DATABASE_TLS_CA_FILE"] = str(self.tls.ca)
         return env
 
-    def _server_certificate(self, owner: str | None) -> tuple[Path, Path]:
-        """The server's certificate and key, copied where its process (`owner`) reads them."""
+    def _server_certificate(self) -> tuple[Path, Path]:
+        """The server's certificate and key, copied where its process can read them."""
         assert self.tls is not None, "a server without tls=True has no certificate"
         assert self._private is not None, "start() first"
         directory = self._private / "tls"
@@ -121,14 +197,10 @@ class _ServerDatabase(Database):
             shutil.copyfile(source, copy)
             copy.chmod(0o600)
             copies.append(copy)
-        if owner is not None:
+        if self._owner is not None:
             for path in (directory, *copies):
-                shutil.chown(path, owner, owner)
+                shutil.chown(path, self._owner, self._owner)
         return copies[0], copies[1]
-
-    def _admin(self, *statements: str) -> str:
-        """Run SQL through the server's own command-line client; its text output."""
-        raise NotImplementedError
 
     def query(self, sql: str) -> list[tuple[str, ...]]:
         return [tuple(line.split("\t")) for line in self._admin(sql).splitlines() if line]
@@ -145,121 +217,76 @@ class _ServerDatabase(Database):
 
 
 class PostgresServer(_ServerDatabase):
-    """A private PostgreSQL cluster (initdb as `postgres` when running as root)."""
+    """A private PostgreSQL cluster (initdb and the server as `postgres` under root)."""
 
     kind = "postgresql"
+    name = "postgres"
+    scheme = "postgresql+psycopg"
+    admin_database = "postgres"
+    service_user = "postgres"
+    # SIGINT = fast shutdown: SIGTERM would wait for clients to disconnect.
+    stop_signal = signal.SIGINT
 
     def __init__(self, workdir: str | Path | None = None, *, tls: bool = False) -> None:
         super().__init__(workdir, "postgres-", tls=tls)
         self._psql = "psql"
 
     @property
-    def url(self) -> str:
-        return (
-            f"postgresql+psycopg://{APP_USER}:{self.password}@{LOOPBACK}:{self.port}/{APP_DATABASE}"
-        )
-
-    @property
     def socket_dir(self) -> Path:
         assert self._private is not None, "start() first"
-        return self._private / "socket"
+        return self._private / "run"
 
-    def _as_service_user(self, argv: list[str]) -> list[str]:
-        if os.geteuid() != 0:
-            return argv
-        return [require_binary("runuser", "util-linux"), "-u", "postgres", "--", *argv]
-
-    def start(self, timeout: float = 60) -> PostgresServer:
-        initdb = require_binary("initdb", "postgresql")
-        postgres = require_binary("postgres", "postgresql")
+    def _find_binaries(self) -> None:
+        self._initdb = require_binary("initdb", "postgresql")
+        self._postgres = require_binary("postgres", "postgresql")
         self._psql = require_binary("psql", "postgresql-client")
-        pg_isready = require_binary("pg_isready", "postgresql-client")
-        as_root = os.geteuid() == 0
-        if as_root:
-            require_user("postgres", "postgresql")
-        # initdb refuses root, and the server must reach its files: a directory of its own
-        # in the system temp dir (pytest's tmp_path is private to the test user).
-        self._private = Path(tempfile.mkdtemp(prefix="pgdata-"))
-        data = self._private / "data"
-        self.socket_dir.mkdir()
-        if as_root:
-            for path in (self._private, self.socket_dir):
-                shutil.chown(path, "postgres", "postgres")
-        log_dir = self.workdir / "logs"
-        log_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            run_command(
-                self._as_service_user(
-                    [
-                        initdb,
-                        f"--pgdata={data}",
-                        "--username=postgres",
-                        "--auth-local=trust",
-                        "--auth-host=scram-sha-256",
-                        "--encoding=UTF8",
-                        "--locale=C.UTF-8",
-                        "--no-sync",
-                    ]
-                ),
-                env=_CLIENT_ENV,
-                cwd=self._private,
-                timeout=120,
-                log_file=log_dir / "initdb.log",
-            )
-            self._process = SupervisedProcess(
-                "postgres",
-                [
-                    postgres,
-                    "-D",
-                    str(data),
-                    "-p",
-                    str(self.port),
-                    "-k",
-                    str(self.socket_dir),
-                    "-c",
-                    f"listen_addresses={LOOPBACK}",
-                    # Durability against OS crashes is not what these tests are about.
-                    "-c",
-                    "fsync=off",
-                    "-c",
-                    "full_page_writes=off",
-                    *self._postgres_tls(data, "postgres" if as_root else None),
-                ],
-                env=_CLIENT_ENV,
-                cwd=self._private,
-                log_dir=log_dir,
-                restart=False,
-                # SIGINT = fast shutdown: SIGTERM would wait for clients to disconnect.
-                stop_signal=signal.SIGINT,
-                stop_timeout=30,
-                user="postgres" if as_root else None,
-            ).start()
-            _wait_for(
-                [pg_isready, "-q", "-h", str(self.socket_dir), "-p", str(self.port)],
-                timeout,
-                "PostgreSQL",
-                self._process,
-            )
-            self._admin(
-                f"CREATE ROLE {APP_USER} LOGIN PASSWORD '{self.password}'",
-                f"CREATE DATABASE {APP_DATABASE} OWNER {APP_USER}",
-                database="postgres",
-            )
-        except BaseException:
-            self.stop()
-            raise
-        return self
 
-    def _postgres_tls(self, data: Path, owner: str | None) -> list[str]:
-        """Server options for TLS, and pg_hba refusing TCP clients without it."""
+    def _init_command(self, data: Path) -> list[str]:
+        # initdb refuses root: it runs as the server's user.
+        owner = self._owner
+        runuser = (
+            [] if owner is None else [require_binary("runuser", "util-linux"), "-u", owner, "--"]
+        )
+        return [
+            *runuser,
+            self._initdb,
+            f"--pgdata={data}",
+            "--username=postgres",
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256",
+            "--encoding=UTF8",
+            "--locale=C.UTF-8",
+            "--no-sync",
+        ]
+
+    def _server_command(self, data: Path) -> list[str]:
+        settings = {
+            "port": self.port,
+            "unix_socket_directories": self.socket_dir,
+            "listen_addresses": LOOPBACK,
+            # Durability against OS crashes is not what these tests are about.
+            "fsync": "off",
+            "full_page_writes": "off",
+            **self._tls_settings(data),
+        }
+        return [self._postgres, "-D", str(data), *(f"--{k}={v}" for k, v in settings.items())]
+
+    def _tls_settings(self, data: Path) -> dict[str, str]:
+        """Server settings for TLS, and pg_hba refusing TCP clients without it."""
         if self.tls is None:
-            return []
-        cert, key = self._server_certificate(owner)
+            return {}
+        cert, key = self._server_certificate()
         hba = data / "pg_hba.conf"
         hba.write_text("hostnossl all all all reject\n" + hba.read_text())
-        return ["-c", "ssl=on", "-c", f"ssl_cert_file={cert}", "-c", f"ssl_key_file={key}"]
+        return {"ssl": "on", "ssl_cert_file": str(cert), "ssl_key_file": str(key)}
 
-    def _admin(self, *statements: str, database: str = APP_DATABASE) -> str:
+    def _setup_sql(self) -> list[str]:
+        return [
+            f"CREATE ROLE {APP_USER} LOGIN PASSWORD '{self.password}'",
+            f"CREATE DATABASE {APP_DATABASE} OWNER {APP_USER}",
+        ]
+
+    def _admin(self, *statements: str, database: str | None = APP_DATABASE) -> str:
         command = [
             self._psql,
             "--no-psqlrc",
@@ -270,7 +297,7 @@ class PostgresServer(_ServerDatabase):
             f"--host={self.socket_dir}",
             f"--port={self.port}",
             "--username=postgres",
-            f"--dbname={database}",
+            f"--dbname={database or self.admin_database}",
         ]
         for statement in statements:
             command += ["--command", statement]
@@ -281,98 +308,64 @@ class MariaDBServer(_ServerDatabase):
     """A private MariaDB server (the `mysql` answer), data in a temporary directory."""
 
     kind = "mysql"
+    name = "mariadb"
+    scheme = "mysql+pymysql"
 
     def __init__(self, workdir: str | Path | None = None, *, tls: bool = False) -> None:
         super().__init__(workdir, "mariadb-", tls=tls)
         self._client = "mariadb"
 
     @property
-    def url(self) -> str:
-        return f"mysql+pymysql://{APP_USER}:{self.password}@{LOOPBACK}:{self.port}/{APP_DATABASE}"
-
-    @property
     def socket_path(self) -> Path:
         assert self._private is not None, "start() first"
-        return self._private / "mysqld.sock"
+        return self._private / "run" / "mysqld.sock"
 
-    def start(self, timeout: float = 60) -> MariaDBServer:
-        install_db = require_binary("mariadb-install-db", "mariadb-server")
-        mariadbd = require_binary("mariadbd", "mariadb-server")
+    @property
+    def _as_root(self) -> list[str]:
+        return ["--user=root"] if os.geteuid() == 0 else []
+
+    def _find_binaries(self) -> None:
+        self._install_db = require_binary("mariadb-install-db", "mariadb-server")
+        self._mariadbd = require_binary("mariadbd", "mariadb-server")
         self._client = require_binary("mariadb", "mariadb-client")
-        as_root = ["--user=root"] if os.geteuid() == 0 else []
-        self._private = Path(tempfile.mkdtemp(prefix="mariadb-"))
-        data = self._private / "data"
-        tmp = self._private / "tmp"
-        tmp.mkdir()
-        log_dir = self.workdir / "logs"
-        log_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            # --no-defaults first: the machine's /etc/mysql configuration must not apply.
-            run_command(
-                [
-                    install_db,
-                    "--no-defaults",
-                    f"--datadir={data}",
-                    "--auth-root-authentication-method=normal",
-                    "--skip-test-db",
-                    *as_root,
-                ],
-                env=_CLIENT_ENV,
-                cwd=self._private,
-                timeout=120,
-                log_file=log_dir / "mariadb-install-db.log",
-            )
-            self._process = SupervisedProcess(
-                "mariadb",
-                [
-                    mariadbd,
-                    "--no-defaults",
-                    f"--datadir={data}",
-                    f"--port={self.port}",
-                    f"--socket={self.socket_path}",
-                    f"--pid-file={self._private / 'mariadbd.pid'}",
-                    f"--tmpdir={tmp}",
-                    *as_root,
-                    "--skip-networking=0",
-                    f"--bind-address={LOOPBACK}",
-                    "--skip-name-resolve",
-                    "--skip-log-bin",
-                    "--innodb-buffer-pool-size=64M",
-                    "--character-set-server=utf8mb4",
-                    "--collation-server=utf8mb4_unicode_ci",
-                    *self._mariadb_tls(),
-                ],
-                env=_CLIENT_ENV,
-                cwd=self._private,
-                log_dir=log_dir,
-                restart=False,
-                stop_timeout=30,
-            ).start()
-            _wait_for(
-                self._client_command("SELECT 1", database=None),
-                timeout,
-                "MariaDB",
-                self._process,
-            )
-            self._admin(
-                f"CREATE DATABASE {APP_DATABASE} CHARACTER SET utf8mb4",
-                f"CREATE USER '{APP_USER}'@'%' IDENTIFIED BY '{self.password}'",
-                f"CREATE USER '{APP_USER}'@'localhost' IDENTIFIED BY '{self.password}'",
-                f"GRANT ALL PRIVILEGES ON {APP_DATABASE}.* TO '{APP_USER}'@'%'",
-                f"GRANT ALL PRIVILEGES ON {APP_DATABASE}.* TO '{APP_USER}'@'localhost'",
-                "FLUSH PRIVILEGES",
-                database=None,
-            )
-        except BaseException:
-            self.stop()
-            raise
-        return self
 
-    def _mariadb_tls(self) -> list[str]:
+    def _init_command(self, data: Path) -> list[str]:
+        # --no-defaults first: the machine's /etc/mysql configuration must not apply.
+        return [
+            self._install_db,
+            "--no-defaults",
+            f"--datadir={data}",
+            "--auth-root-authentication-method=normal",
+            "--skip-test-db",
+            *self._as_root,
+        ]
+
+    def _server_command(self, data: Path) -> list[str]:
+        run = data.parent / "run"
+        return [
+            self._mariadbd,
+            "--no-defaults",
+            f"--datadir={data}",
+            f"--port={self.port}",
+            f"--socket={self.socket_path}",
+            f"--pid-file={run / 'mariadbd.pid'}",
+            f"--tmpdir={run}",
+            *self._as_root,
+            "--skip-networking=0",
+            f"--bind-address={LOOPBACK}",
+            "--skip-name-resolve",
+            "--skip-log-bin",
+            "--innodb-buffer-pool-size=64M",
+            "--character-set-server=utf8mb4",
+            "--collation-server=utf8mb4_unicode_ci",
+            *self._tls_options(),
+        ]
+
+    def _tls_options(self) -> list[str]:
         """Server options for TLS; TCP clients without it are refused (the socket is local)."""
         if self.tls is None:
             return []
-        cert, key = self._server_certificate(None)
+        cert, key = self._server_certificate()
         return [
             f"--ssl-cert={cert}",
             f"--ssl-key={key}",
@@ -380,7 +373,17 @@ class MariaDBServer(_ServerDatabase):
             "--require-secure-transport=ON",
         ]
 
-    def _client_command(self, sql: str, database: str | None) -> list[str]:
+    def _setup_sql(self) -> list[str]:
+        return [
+            f"CREATE DATABASE {APP_DATABASE} CHARACTER SET utf8mb4",
+            f"CREATE USER '{APP_USER}'@'%' IDENTIFIED BY '{self.password}'",
+            f"CREATE USER '{APP_USER}'@'localhost' IDENTIFIED BY '{self.password}'",
+            f"GRANT ALL PRIVILEGES ON {APP_DATABASE}.* TO '{APP_USER}'@'%'",
+            f"GRANT ALL PRIVILEGES ON {APP_DATABASE}.* TO '{APP_USER}'@'localhost'",
+            "FLUSH PRIVILEGES",
+        ]
+
+    def _admin(self, *statements: str, database: str | None = APP_DATABASE) -> str:
         command = [
             self._client,
             "--no-defaults",
@@ -388,13 +391,11 @@ class MariaDBServer(_ServerDatabase):
             "--user=root",
             "--batch",
             "--skip-column-names",
-            f"--execute={sql}",
+            "--execute=" + ";\n".join(statements),
         ]
-        return command if database is None else [*command, database]
-
-    def _admin(self, *statements: str, database: str | None = APP_DATABASE) -> str:
-        sql = ";\n".join(statements)
-        return run_command(self._client_command(sql, database), env=_CLIENT_ENV, timeout=30)
+        if database is not None:
+            command.append(database)
+        return run_command(command, env=_CLIENT_ENV, timeout=30)
 
 
 class SqliteDatabase(Database):

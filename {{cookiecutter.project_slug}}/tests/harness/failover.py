@@ -109,13 +109,17 @@ def settle(
     database: Database, task_ids: list[str], timeout: float
 ) -> tuple[dict[str, dict[str, str]], dict[str, int]]:
     """Wait until every task is SUCCEEDED (or the timeout); returns rows and effect counts."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def settled() -> dict[str, dict[str, str]] | None:
         rows = ledger_rows(database, task_ids)
         done = all(rows.get(t, {}).get("state") == "SUCCEEDED" for t in task_ids)
-        if done or time.monotonic() > deadline:
-            return rows, effect_counts(database, task_ids)
-        time.sleep(1)
+        return rows if done else None
+
+    try:
+        rows = wait_until(settled, timeout, "every task SUCCEEDED", step=1)
+    except TimeoutError:
+        rows = ledger_rows(database, task_ids)  # the callers report what is missing
+    return rows, effect_counts(database, task_ids)
 
 
 def run_failovers(

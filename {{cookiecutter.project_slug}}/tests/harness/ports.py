@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
+
+from tests.harness.waiting import wait_until
 
 LOOPBACK = "127.0.0.1"
 
@@ -52,8 +53,4 @@ def port_is_open(port: int, host: str = LOOPBACK, timeout: float = 0.5) -> bool:
 
 def wait_for_port(port: int, timeout: float, host: str = LOOPBACK) -> None:
     """Block until something accepts connections on host:port."""
-    deadline = time.monotonic() + timeout
-    while not port_is_open(port, host):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"nothing listens on {host}:{port} after {timeout:.0f} s")
-        time.sleep(0.05)
+    wait_until(lambda: port_is_open(port, host), timeout, f"a listener on {host}:{port}", 0.05)

@@ -4,10 +4,9 @@ events, raw Redis; and waiting for them."""
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 import pytest
 import redis as redis_py
@@ -16,8 +15,8 @@ from tests.harness.databases import Database
 from tests.harness.processes import SupervisedProcess, run_command
 from tests.harness.redis import RedisSentinelCluster, StandaloneRedis
 from tests.harness.stack import Stack, venv_bin
-
-T = TypeVar("T")
+from tests.harness.waiting import NotYet
+from tests.harness.waiting import wait_until as wait_until  # the one polling helper
 
 # kombu keeps one Redis list per priority step: "default", "default\x06\x165", ...
 PRIORITY_SEPARATOR = b"\x06\x16"
@@ -33,21 +32,6 @@ LEDGER_COLUMNS = (
     "started_at",
     "finished_at",
 )
-
-
-# --- waiting ----------------------------------------------------------------------------
-
-
-def wait_until(check: Callable[[], T | None], timeout: float, what: str, step: float = 0.2) -> T:
-    """Call check() until it returns something truthy; returns it or raises TimeoutError."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} (after {timeout:.0f} s)")
-        time.sleep(step)
 
 
 # --- ledger -------------------------------------------------------------------------------
@@ -88,14 +72,13 @@ def ledger_rows(
 def wait_ledger(
     database: Database, task_id: str, states: set[str], timeout: float = 60
 ) -> dict[str, str]:
-    def reached() -> dict[str, str] | None:
+    def reached() -> dict[str, str]:
         row = ledger(database, task_id)
-        return row if row["state"] in states else None
+        if row["state"] not in states:
+            raise NotYet(row)
+        return row
 
-    try:
-        return wait_until(reached, timeout, f"task {task_id} not in {states}", step=0.25)
-    except TimeoutError as exc:
-        raise TimeoutError(f"{exc}: {ledger(database, task_id)}") from None
+    return wait_until(reached, timeout, f"task {task_id} in {states}", step=0.25)
 
 
 def effect_counts(database: Database, task_ids: list[str]) -> dict[str, int]:
@@ -192,14 +175,6 @@ def run_python(stack: Stack, code: str) -> str:
     return run_command(
         [str(venv_bin() / "python"), "-c", code], env=stack.env, cwd=stack.run_dir, timeout=60
     )
-
-
-def stop_for_good(process: SupervisedProcess, timeout: float = 30) -> None:
-    """Warm-stop the current incarnation of a supervised process (supervision paused)."""
-    import signal
-
-    process.kill(signal.SIGTERM, group=False)
-    process.wait_for_exit(timeout)
 
 
 def restart_and_wait(stack: Stack, name: str, restarts_before: int, timeout: float = 60) -> None:

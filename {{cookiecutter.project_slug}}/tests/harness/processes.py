@@ -6,9 +6,7 @@ while nobody asked it to (`restarts` counts that). `stop()` sends the stop signa
 process (as `docker stop` does), waits, then SIGKILLs what is left of its process group and of
 the processes it was seen to spawn; nothing is ever killed by name. Every process any
 instance has seen is remembered, so `leaked_processes()` can prove that a teardown left
-nothing behind.
-
-Linux only: descendants are found through /proc.
+nothing behind. Process trees and identities come from psutil.
 """
 
 from __future__ import annotations
@@ -28,40 +26,27 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-_PROC = Path("/proc")
+import psutil
 
+from tests.harness.waiting import wait_until
 
-# --- /proc ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ProcessInfo:
-    pid: int
-    ppid: int
-    pgrp: int
-    state: str
-    start_ticks: int
-
-    @property
-    def identity(self) -> ProcessIdentity:
-        return ProcessIdentity(self.pid, self.start_ticks)
-
-    @property
-    def running(self) -> bool:
-        # A zombie (Z) or dead (X) entry has exited; only its parent has not reaped it yet.
-        return self.state not in ("Z", "X")
+_GONE = (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
 
 
 @dataclass(frozen=True)
 class ProcessIdentity:
-    """A PID plus its start time: stays unique when the kernel reuses the PID."""
+    """A PID plus its creation time: stays unique when the kernel reuses the PID."""
 
     pid: int
-    start_ticks: int
+    create_time: float
 
     def alive(self) -> bool:
-        info = read_process(self.pid)
-        return info is not None and info.start_ticks == self.start_ticks and info.running
+        """Still running (a zombie has exited) and still the process we saw."""
+        try:
+            process = psutil.Process(self.pid)
+            return process.create_time() == self.create_time and _status(process) not in _GONE
+        except psutil.Error:
+            return False
 
     def signal(self, signum: int) -> None:
         """Signal this process if it is still the one we saw (never a recycled PID)."""
@@ -70,74 +55,63 @@ class ProcessIdentity:
                 os.kill(self.pid, signum)
 
 
-def _parse_stat(text: str) -> ProcessInfo:
-    # The command name sits in parentheses and may contain spaces or parentheses itself.
-    pid_part, _, rest = text.partition(" (")
-    fields = rest.rsplit(") ", 1)[1].split()
-    return ProcessInfo(
-        pid=int(pid_part),
-        state=fields[0],
-        ppid=int(fields[1]),
-        pgrp=int(fields[2]),
-        start_ticks=int(fields[19]),
-    )
-
-
-def read_process(pid: int) -> ProcessInfo | None:
+def _status(process: psutil.Process) -> str:
     try:
-        return _parse_stat((_PROC / str(pid) / "stat").read_text())
-    except (OSError, ValueError, IndexError):
-        return None
+        return str(process.status())
+    except psutil.Error:
+        return psutil.STATUS_DEAD
 
 
-def list_processes() -> list[ProcessInfo]:
-    found = []
-    for entry in _PROC.iterdir():
-        if entry.name.isdigit():
-            info = read_process(int(entry.name))
-            if info is not None:
-                found.append(info)
-    return found
+@dataclass(frozen=True)
+class _Entry:
+    identity: ProcessIdentity
+    ppid: int
+    pgid: int
 
 
-class _SharedSnapshot:
-    """One /proc scan shared by every supervisor thread (a scan costs milliseconds)."""
+class _SharedTable:
+    """One process table (live processes only) shared by every supervisor thread."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._taken = 0.0
-        self._table: list[ProcessInfo] = []
+        self._table: list[_Entry] = []
 
-    def get(self, max_age: float) -> list[ProcessInfo]:
+    def get(self, max_age: float = 0.0) -> list[_Entry]:
         with self._lock:
             if time.monotonic() - self._taken > max_age:
-                self._table = list_processes()
+                self._table = []
+                for process in psutil.process_iter(["ppid", "create_time", "status"]):
+                    info = process.info
+                    if info["status"] in _GONE or info["create_time"] is None:
+                        continue
+                    with contextlib.suppress(OSError):
+                        self._table.append(
+                            _Entry(
+                                ProcessIdentity(process.pid, info["create_time"]),
+                                info["ppid"],
+                                os.getpgid(process.pid),
+                            )
+                        )
                 self._taken = time.monotonic()
             return self._table
 
 
-_shared_snapshot = _SharedSnapshot()
+_processes = _SharedTable()
 
 
-def descendants(root: int, snapshot: Sequence[ProcessInfo] | None = None) -> list[ProcessInfo]:
-    """Every live process below `root` in the parent tree (children, grandchildren...)."""
-    table = list(snapshot) if snapshot is not None else list_processes()
-    by_parent: dict[int, list[ProcessInfo]] = {}
-    for info in table:
-        by_parent.setdefault(info.ppid, []).append(info)
-    found: list[ProcessInfo] = []
+def _below(root: int, table: Sequence[_Entry]) -> list[_Entry]:
+    """Every process below `root` in the parent tree (children, grandchildren...)."""
+    by_parent: dict[int, list[_Entry]] = {}
+    for entry in table:
+        by_parent.setdefault(entry.ppid, []).append(entry)
+    found: list[_Entry] = []
     pending = [root]
     while pending:
-        for child in by_parent.get(pending.pop(), []):
-            if child.running:
-                found.append(child)
-                pending.append(child.pid)
+        children = by_parent.get(pending.pop(), [])
+        found += children
+        pending += [child.identity.pid for child in children]
     return found
-
-
-def pid_alive(pid: int) -> bool:
-    info = read_process(pid)
-    return info is not None and info.running
 
 
 # --- every process ever seen, for the leak check ----------------------------------------
@@ -195,14 +169,12 @@ def run_command(
     cwd: str | os.PathLike[str] | None = None,
     timeout: float = 60.0,
     log_file: Path | None = None,
-    stdin_text: str | None = None,
 ) -> str:
     """Run to completion; return stdout+stderr, or raise CommandFailed carrying it."""
     completed = subprocess.run(
         list(argv),
         env=dict(env) if env is not None else None,
         cwd=cwd,
-        input=stdin_text,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -268,7 +240,6 @@ class SupervisedProcess:
         self._lock = threading.RLock()
         self._stopping = threading.Event()
         self._paused = threading.Event()
-        self._changed = threading.Condition(self._lock)
         self._thread: threading.Thread | None = None
         _instances.add(self)
 
@@ -348,12 +319,6 @@ class SupervisedProcess:
         finally:
             self._paused.clear()
 
-    def pause_supervision(self) -> None:
-        self._paused.set()
-
-    def resume_supervision(self) -> None:
-        self._paused.clear()
-
     # --- state ------------------------------------------------------------------------
 
     @property
@@ -374,14 +339,17 @@ class SupervisedProcess:
 
     def children(self) -> list[int]:
         """PIDs of the direct children (e.g. a prefork worker's pool processes)."""
-        pid = self.pid
-        if pid is None:
-            return []
-        return [info.pid for info in list_processes() if info.ppid == pid and info.running]
+        return self._below(recursive=False)
 
     def descendants(self) -> list[int]:
-        pid = self.pid
-        return [] if pid is None else [info.pid for info in descendants(pid)]
+        return self._below(recursive=True)
+
+    def _below(self, *, recursive: bool) -> list[int]:
+        try:
+            children = psutil.Process(self.pid).children(recursive=recursive) if self.pid else []
+        except psutil.Error:
+            return []
+        return [child.pid for child in children if _status(child) not in _GONE]
 
     def wait_for_exit(self, timeout: float) -> int:
         """Wait until the current incarnation exits; returns its exit code."""
@@ -395,15 +363,13 @@ class SupervisedProcess:
 
     def wait_for_restart(self, restarts_before: int, timeout: float) -> None:
         """Wait until supervision has started the command again (restarts > before)."""
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while self.restarts <= restarts_before:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError(
-                        f"{self.name} was not restarted within {timeout:.0f} s\n{self.log_tail()}"
-                    )
-                self._changed.wait(min(remaining, 0.2))
+        wait_until(
+            lambda: self.restarts > restarts_before,
+            timeout,
+            f"{self.name} restarted",
+            step=0.05,
+            detail=self.log_tail,
+        )
 
     # --- signals ----------------------------------------------------------------------
 
@@ -434,11 +400,6 @@ class SupervisedProcess:
 
     # --- logs -------------------------------------------------------------------------
 
-    @property
-    def log_offset(self) -> int:
-        """Where the current incarnation's output starts in the log file."""
-        return self._log_offset
-
     def log_size(self) -> int:
         try:
             return self.log_path.stat().st_size
@@ -462,18 +423,15 @@ class SupervisedProcess:
     ) -> re.Match[str]:
         """Wait for `pattern` in the log, from `since` (default: this incarnation's start)."""
         regex = re.compile(pattern) if isinstance(pattern, str) else pattern
-        deadline = time.monotonic() + timeout
-        while True:
-            start = self._log_offset if since is None else since
-            found = regex.search(self.log_text(start))
-            if found is not None:
-                return found
-            if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"{self.name}: no {regex.pattern!r} in its log after {timeout:.0f} s"
-                    f" (restarts: {self.restarts}, exits: {self.exit_codes})\n{self.log_tail()}"
-                )
-            time.sleep(0.1)
+        return wait_until(
+            lambda: regex.search(self.log_text(self._log_offset if since is None else since)),
+            timeout,
+            f"{self.name}: {regex.pattern!r} in its log",
+            step=0.1,
+            detail=lambda: (
+                f"restarts: {self.restarts}, exits: {self.exit_codes}\n{self.log_tail()}"
+            ),
+        )
 
     # --- internals --------------------------------------------------------------------
 
@@ -511,17 +469,15 @@ class SupervisedProcess:
         self._started_at = time.monotonic()
         self._exit_handled = False
         self._track()
-        self._changed.notify_all()
 
     def _track(self, max_age: float = 0.0) -> None:
         """Remember the current process and everything below it or in its group."""
         proc = self._proc
         if proc is None or proc.poll() is not None:
             return
-        snapshot = _shared_snapshot.get(max_age)
-        found = {info.identity for info in snapshot if info.pid == proc.pid}
-        found.update(info.identity for info in descendants(proc.pid, snapshot))
-        found.update(info.identity for info in snapshot if info.pgrp == proc.pid and info.running)
+        table = _processes.get(max_age)
+        found = {e.identity for e in table if proc.pid in (e.identity.pid, e.pgid)}
+        found.update(entry.identity for entry in _below(proc.pid, table))
         new = {identity: self.name for identity in found if identity not in self._known}
         if new:
             self._known.update(new)
@@ -533,7 +489,6 @@ class SupervisedProcess:
         self._exit_handled = True
         self.exit_codes.append(proc.returncode)
         self._write_marker(f"exited with {proc.returncode}")
-        self._changed.notify_all()
 
     @staticmethod
     def _signal_group(pgid: int, signum: int) -> None:
@@ -545,29 +500,30 @@ class SupervisedProcess:
 
     def _adopt_group_members(self) -> None:
         """Count every live member of our process groups as ours (even if never seen)."""
-        snapshot = list_processes()
+        table = _processes.get()
         for pgid in self._groups:
-            members = [info for info in snapshot if info.pgrp == pgid and info.running]
-            leader = next((info for info in members if info.pid == pgid), None)
-            if leader is not None and leader.identity not in self._known:
+            members = [entry.identity for entry in table if entry.pgid == pgid]
+            leader = next((identity for identity in members if identity.pid == pgid), None)
+            if leader is not None and leader not in self._known:
                 continue  # the ID was reused by an unrelated process group
-            new = {info.identity: self.name for info in members if info.identity not in self._known}
+            new = {identity: self.name for identity in members if identity not in self._known}
             self._known.update(new)
             _remember(new)
 
     def _kill_leftovers(self, grace: float) -> None:
         """Everything this command spawned goes with it, as when a container stops."""
         self._adopt_group_members()
-        deadline = time.monotonic() + grace
-        while self._alive_known() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        with contextlib.suppress(TimeoutError):
+            wait_until(lambda: not self._alive_known(), grace, "leftovers gone", step=0.05)
         for identity in self._alive_known():
             identity.signal(signal.SIGKILL)
-        deadline = time.monotonic() + 10
-        while self._alive_known():
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{self.name}: processes survive SIGKILL: {self._alive_known()}")
-            time.sleep(0.05)
+        wait_until(
+            lambda: not self._alive_known(),
+            10,
+            f"{self.name}: its processes gone after SIGKILL",
+            step=0.05,
+            detail=lambda: f"still alive: {self._alive_known()}",
+        )
 
     def _supervise(self) -> None:
         delay = self.restart_delay / 2

@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import secrets
 import signal
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Self
 
 import redis as redis_py
 
@@ -28,6 +27,7 @@ from tests.harness.ports import LOOPBACK, free_ports
 from tests.harness.processes import ProcessIdentity, SupervisedProcess, stop_each
 from tests.harness.scratch import ScratchDir
 from tests.harness.tls import Certificates
+from tests.harness.waiting import wait_until
 
 Address = tuple[str, int]
 MASTER_NAME = "mymaster"
@@ -100,46 +100,132 @@ def _tls_options(tls: Certificates | None) -> dict[str, Any]:
     return {} if tls is None else tls.redis_options()
 
 
-def _poll(timeout: float, what: str, check: Any, interval: float = 0.1) -> Any:
-    """Call check() until it returns something truthy; errors count as "not yet"."""
-    deadline = time.monotonic() + timeout
-    last_error: BaseException | None = None
-    while True:
+#: What a node or sentinel that is down, starting or not agreeing yet raises.
+_NOT_YET = (redis_py.RedisError, OSError, ValueError)
+
+
+class RedisDeployment:
+    """What the stack needs from any Redis topology: users, TLS, processes, the project's
+    settings (`env`), and a start that stops whatever it started when it fails."""
+
+    mode = ""
+
+    def __init__(self, workdir: str | Path | None, tls: bool) -> None:
+        self._workdir = ScratchDir(workdir, f"redis-{self.mode}-")
+        self.workdir = self._workdir.path
+        self.users = Users()
+        self.tls = Certificates(self.workdir / "tls") if tls else None
+
+    def _start(self, timeout: float) -> None:
+        raise NotImplementedError
+
+    def _addresses(self) -> dict[str, str]:
+        raise NotImplementedError
+
+    def processes(self) -> list[SupervisedProcess]:
+        raise NotImplementedError
+
+    def start(self, timeout: float = 30) -> Self:
         try:
-            outcome = check()
-        except (redis_py.RedisError, OSError, ValueError) as exc:
-            outcome, last_error = None, exc
-        if outcome:
-            return outcome
-        if time.monotonic() > deadline:
-            detail = (
-                f" (last error: {type(last_error).__name__}: {last_error})" if last_error else ""
-            )
-            raise TimeoutError(f"{what} not reached within {timeout:.0f} s{detail}")
-        time.sleep(interval)
+            self._start(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        try:
+            stop_each(reversed(self.processes()), repr(self))
+        finally:
+            self._workdir.cleanup()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def identities(self) -> set[ProcessIdentity]:
+        return {identity for p in self.processes() for identity in p.identities()}
+
+    def env(self, component: str = DEFAULT_COMPONENT) -> dict[str, str]:
+        return {
+            "REDIS_MODE": self.mode,
+            **self._addresses(),
+            **self.credentials(component),
+            **({} if self.tls is None else self.tls.env()),
+        }
+
+    def credentials(self, component: str) -> dict[str, str]:
+        """The Redis user (and in sentinel mode the Sentinel client user) of one component."""
+        return self.users.env(component, sentinel=self.mode == "sentinel")
 
 
-class RedisDeployment(Protocol):
-    """What the stack needs from any Redis topology."""
+class _Server:
+    """One redis-server of its own (a node or a sentinel): directory, config, process."""
 
-    users: Users
-    tls: Certificates | None
+    where = "redis"  # the users.acl section of its users
+    config_name = "redis.conf"
+    extra_args: tuple[str, ...] = ()
 
-    def start(self, timeout: float = ...) -> RedisDeployment: ...
+    def __init__(
+        self,
+        name: str,
+        port: int,
+        directory: Path,
+        users: Users,
+        lines: list[str],
+        *,
+        restart: bool,
+        tls: Certificates | None,
+    ) -> None:
+        self.name = name
+        self.address: Address = (LOOPBACK, port)
+        self.users = users
+        self.tls = tls
+        directory.mkdir(parents=True, exist_ok=True)
+        # Writable: a sentinel rewrites its own and a node's (CONFIG REWRITE) on failovers.
+        self.config_path = directory / self.config_name
+        common = [
+            *_listen_lines(port, tls),
+            "daemonize no",
+            f'dir "{directory}"',
+            f'pidfile "{directory / self.config_path.stem}.pid"',
+            'logfile ""',
+            *users.config_lines(self.where),
+        ]
+        self.config_path.write_text("\n".join([*common, *lines]) + "\n")
+        self.process = SupervisedProcess(
+            name,
+            [
+                require_binary("redis-server", "redis-server"),
+                str(self.config_path),
+                *self.extra_args,
+            ],
+            env={"PATH": "/usr/bin:/bin"},
+            cwd=directory,
+            log_dir=directory.parent / "logs",
+            restart=restart,
+        )
 
-    def stop(self) -> None: ...
+    def __repr__(self) -> str:
+        address = format_address(self.address)
+        return f"<{type(self).__name__} {self.name} {address} pid={self.process.pid}>"
 
-    def env(self, component: str = ...) -> dict[str, str]: ...
+    def _client(self, user: str, **options: Any) -> redis_py.Redis:
+        options.setdefault("socket_timeout", 2)
+        options.setdefault("socket_connect_timeout", 1)
+        return redis_py.Redis(
+            host=self.address[0],
+            port=self.address[1],
+            username=user,
+            password=self.users.password(user, self.where),
+            **{**_tls_options(self.tls), **options},
+        )
 
-    def credentials(self, component: str) -> dict[str, str]: ...
 
-    def processes(self) -> list[SupervisedProcess]: ...
-
-    def identities(self) -> set[ProcessIdentity]: ...
-
-
-class RedisNode:
-    """One redis-server (master or replica) with its own directory and config file."""
+class RedisNode(_Server):
+    """One redis-server (master or replica)."""
 
     def __init__(
         self,
@@ -152,20 +238,7 @@ class RedisNode:
         restart: bool = False,
         tls: Certificates | None = None,
     ) -> None:
-        self.name = name
-        self.address: Address = (LOOPBACK, port)
-        self.directory = directory
-        self.users = users
-        self.tls = tls
-        directory.mkdir(parents=True, exist_ok=True)
-        self.config_path = directory / "redis.conf"
         lines = [
-            *_listen_lines(port, tls),
-            "daemonize no",
-            f'dir "{directory}"',
-            f'pidfile "{directory / "redis.pid"}"',
-            'logfile ""',
-            *users.config_lines("redis"),
             f"masteruser {REPLICA_USER}",
             f"masterauth {users.password(REPLICA_USER)}",
             # R32: the project's own persistence settings (AOF + RDB).
@@ -180,32 +253,12 @@ class RedisNode:
         ]
         if replica_of is not None:
             lines.append(f"replicaof {replica_of[0]} {replica_of[1]}")
-        # Writable: a sentinel rewrites it (CONFIG REWRITE) when it reconfigures the node.
-        self.config_path.write_text("\n".join(lines) + "\n")
-        self.process = SupervisedProcess(
-            name,
-            [require_binary("redis-server", "redis-server"), str(self.config_path)],
-            env={"PATH": "/usr/bin:/bin"},
-            cwd=directory,
-            log_dir=directory.parent / "logs",
-            restart=restart,
-        )
-
-    def __repr__(self) -> str:
-        return f"<RedisNode {self.name} {format_address(self.address)} pid={self.process.pid}>"
+        super().__init__(name, port, directory, users, lines, restart=restart, tls=tls)
 
     def client(self, user: str = ADMIN_USER, **options: Any) -> redis_py.Redis:
         """A client as `user` (the operators' admin by default); replies are bytes (redis-py's
         default: kombu keys are binary) unless `decode_responses=True` is passed."""
-        options.setdefault("socket_timeout", 2)
-        options.setdefault("socket_connect_timeout", 1)
-        return redis_py.Redis(
-            host=self.address[0],
-            port=self.address[1],
-            username=user,
-            password=self.users.password(user),
-            **{**_tls_options(self.tls), **options},
-        )
+        return self._client(user, **options)
 
     def ping(self) -> bool:
         with self.client() as client:
@@ -220,11 +273,15 @@ class RedisNode:
             return found
 
     def wait_ready(self, timeout: float = 15) -> None:
-        _poll(timeout, f"{self.name} answering PING", self.ping)
+        wait_until(self.ping, timeout, f"{self.name} answering PING", 0.1, ignore=_NOT_YET)
 
 
-class SentinelNode:
-    """One `redis-server sentinel.conf --sentinel`, with its own writable config file."""
+class SentinelNode(_Server):
+    """One `redis-server sentinel.conf --sentinel`."""
+
+    where = "sentinel"
+    config_name = "sentinel.conf"
+    extra_args = ("--sentinel",)
 
     def __init__(
         self,
@@ -241,62 +298,22 @@ class SentinelNode:
         restart: bool = True,
         tls: Certificates | None = None,
     ) -> None:
-        self.name = name
-        self.address: Address = (LOOPBACK, port)
-        self.users = users
         self.master_name = master_name
-        self.tls = tls
-        directory.mkdir(parents=True, exist_ok=True)
-        self.config_path = directory / "sentinel.conf"
-        self.config_path.write_text(
-            "\n".join(
-                [
-                    *_listen_lines(port, tls),
-                    "daemonize no",
-                    f'dir "{directory}"',
-                    f'pidfile "{directory / "sentinel.pid"}"',
-                    'logfile ""',
-                    *users.config_lines("sentinel"),
-                    # Sentinels authenticate to each other as the peer user.
-                    f"sentinel sentinel-user {SENTINEL_ADMIN_USER}",
-                    f"sentinel sentinel-pass {users.password(SENTINEL_ADMIN_USER, 'sentinel')}",
-                    f"sentinel monitor {master_name} {master[0]} {master[1]} {quorum}",
-                    f"sentinel auth-user {master_name} {SENTINEL_USER}",
-                    f"sentinel auth-pass {master_name} {users.password(SENTINEL_USER)}",
-                    f"sentinel down-after-milliseconds {master_name} {down_after_ms}",
-                    f"sentinel failover-timeout {master_name} {failover_timeout_ms}",
-                    f"sentinel parallel-syncs {master_name} 1",
-                ]
-            )
-            + "\n"
-        )
-        self.process = SupervisedProcess(
-            name,
-            [
-                require_binary("redis-server", "redis-server"),
-                str(self.config_path),
-                "--sentinel",
-            ],
-            env={"PATH": "/usr/bin:/bin"},
-            cwd=directory,
-            log_dir=directory.parent / "logs",
-            restart=restart,
-        )
-
-    def __repr__(self) -> str:
-        return f"<SentinelNode {self.name} {format_address(self.address)} pid={self.process.pid}>"
+        lines = [
+            # Sentinels authenticate to each other as the peer user.
+            f"sentinel sentinel-user {SENTINEL_ADMIN_USER}",
+            f"sentinel sentinel-pass {users.password(SENTINEL_ADMIN_USER, 'sentinel')}",
+            f"sentinel monitor {master_name} {master[0]} {master[1]} {quorum}",
+            f"sentinel auth-user {master_name} {SENTINEL_USER}",
+            f"sentinel auth-pass {master_name} {users.password(SENTINEL_USER)}",
+            f"sentinel down-after-milliseconds {master_name} {down_after_ms}",
+            f"sentinel failover-timeout {master_name} {failover_timeout_ms}",
+            f"sentinel parallel-syncs {master_name} 1",
+        ]
+        super().__init__(name, port, directory, users, lines, restart=restart, tls=tls)
 
     def client(self, user: str = SENTINEL_ADMIN_USER) -> redis_py.Redis:
-        return redis_py.Redis(
-            host=self.address[0],
-            port=self.address[1],
-            username=user,
-            password=self.users.password(user, "sentinel"),
-            socket_timeout=2,
-            socket_connect_timeout=1,
-            decode_responses=True,
-            **_tls_options(self.tls),
-        )
+        return self._client(user, decode_responses=True)
 
     def master_address(self) -> Address:
         """SENTINEL get-master-addr-by-name, as this sentinel sees it now."""
@@ -317,12 +334,14 @@ class SentinelNode:
         return dict(zip(items[::2], items[1::2], strict=True))
 
 
-class RedisSentinelCluster:
+class RedisSentinelCluster(RedisDeployment):
     """A master, `replicas` replicas and `sentinels` sentinels on free loopback ports.
 
     Redis nodes are not restarted automatically by default (chaos tests kill them and
     decide when they come back); sentinels are.
     """
+
+    mode = "sentinel"
 
     def __init__(
         self,
@@ -339,11 +358,8 @@ class RedisSentinelCluster:
     ) -> None:
         if sentinels < 1 or replicas < 0:
             raise ValueError("need at least one sentinel and no negative replica count")
-        self._workdir = ScratchDir(workdir, "redis-sentinel-")
-        self.workdir = self._workdir.path
+        super().__init__(workdir, tls)
         self.master_name = master_name
-        self.users = Users()
-        self.tls = Certificates(self.workdir / "tls") if tls else None
         ports = free_ports(1 + replicas + sentinels)
         master_port, replica_ports, sentinel_ports = (
             ports[0],
@@ -393,37 +409,17 @@ class RedisSentinelCluster:
 
     # --- lifecycle --------------------------------------------------------------------
 
-    def start(self, timeout: float = 30) -> RedisSentinelCluster:
-        try:
-            for node in self.nodes:
-                node.process.start()
-            for node in self.nodes:
-                node.wait_ready(timeout)
-            for sentinel in self.sentinels:
-                sentinel.process.start()
-            self.wait_healthy(timeout)
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def stop(self) -> None:
-        try:
-            stop_each(reversed(self.processes()), "the Redis cluster")
-        finally:
-            self._workdir.cleanup()
-
-    def __enter__(self) -> RedisSentinelCluster:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+    def _start(self, timeout: float) -> None:
+        for node in self.nodes:
+            node.process.start()
+        for node in self.nodes:
+            node.wait_ready(timeout)
+        for sentinel in self.sentinels:
+            sentinel.process.start()
+        self.wait_healthy(timeout)
 
     def processes(self) -> list[SupervisedProcess]:
         return [node.process for node in self.nodes] + [s.process for s in self.sentinels]
-
-    def identities(self) -> set[ProcessIdentity]:
-        return {identity for p in self.processes() for identity in p.identities()}
 
     # --- the project's view -----------------------------------------------------------
 
@@ -431,18 +427,11 @@ class RedisSentinelCluster:
     def sentinel_addresses(self) -> list[Address]:
         return [sentinel.address for sentinel in self.sentinels]
 
-    def env(self, component: str = DEFAULT_COMPONENT) -> dict[str, str]:
+    def _addresses(self) -> dict[str, str]:
         return {
-            "REDIS_MODE": "sentinel",
             "REDIS_SENTINELS": ",".join(format_address(a) for a in self.sentinel_addresses),
             "REDIS_MASTER_NAME": self.master_name,
-            **self.credentials(component),
-            **({} if self.tls is None else self.tls.env()),
         }
-
-    def credentials(self, component: str) -> dict[str, str]:
-        """The Redis user (and Sentinel client user) of one component."""
-        return self.users.env(component, sentinel=True)
 
     # --- topology ---------------------------------------------------------------------
 
@@ -463,7 +452,7 @@ class RedisSentinelCluster:
         for sentinel in self._answering_sentinels():
             try:
                 return sentinel.master_address()
-            except (redis_py.RedisError, OSError, ValueError) as exc:
+            except _NOT_YET as exc:
                 errors.append(f"{sentinel.name}: {exc}")
         raise RuntimeError(f"no sentinel answered: {errors}")
 
@@ -514,8 +503,7 @@ class RedisSentinelCluster:
                     return None
             return address
 
-        found: Address = _poll(timeout, "a healthy Sentinel cluster", healthy, interval=0.2)
-        return found
+        return wait_until(healthy, timeout, "a healthy Sentinel cluster", ignore=_NOT_YET)
 
     # --- chaos ------------------------------------------------------------------------
 
@@ -532,8 +520,8 @@ class RedisSentinelCluster:
             address = self._agreed_master()
             return address if address is not None and address != old else None
 
-        found: Address = _poll(timeout, f"a failover away from {format_address(old)}", promoted)
-        return found
+        what = f"a failover away from {format_address(old)}"
+        return wait_until(promoted, timeout, what, 0.1, ignore=_NOT_YET)
 
     def restart_node(self, address: Address, timeout: float = 15) -> RedisNode:
         """Start a killed node again (sentinels turn an old master into a replica)."""
@@ -543,8 +531,10 @@ class RedisSentinelCluster:
         return node
 
 
-class StandaloneRedis:
+class StandaloneRedis(RedisDeployment):
     """One redis-server with the project's ACL users for REDIS_MODE=standalone."""
+
+    mode = "standalone"
 
     def __init__(
         self,
@@ -553,10 +543,7 @@ class StandaloneRedis:
         restart: bool = False,
         tls: bool = False,
     ) -> None:
-        self._workdir = ScratchDir(workdir, "redis-standalone-")
-        self.workdir = self._workdir.path
-        self.users = Users()
-        self.tls = Certificates(self.workdir / "tls") if tls else None
+        super().__init__(workdir, tls)
         (port,) = free_ports(1)
         self.node = RedisNode(
             "redis", port, self.workdir / "redis", self.users, restart=restart, tls=self.tls
@@ -566,47 +553,18 @@ class StandaloneRedis:
     def address(self) -> Address:
         return self.node.address
 
-    def start(self, timeout: float = 15) -> StandaloneRedis:
-        try:
-            self.node.process.start()
-            self.node.wait_ready(timeout)
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def stop(self) -> None:
-        try:
-            self.node.process.stop()
-        finally:
-            self._workdir.cleanup()
-
-    def __enter__(self) -> StandaloneRedis:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+    def _start(self, timeout: float) -> None:
+        self.node.process.start()
+        self.node.wait_ready(timeout)
 
     def processes(self) -> list[SupervisedProcess]:
         return [self.node.process]
 
-    def identities(self) -> set[ProcessIdentity]:
-        return self.node.process.identities()
-
     def client(self, user: str = ADMIN_USER) -> redis_py.Redis:
         return self.node.client(user)
 
-    def env(self, component: str = DEFAULT_COMPONENT) -> dict[str, str]:
-        return {
-            "REDIS_MODE": "standalone",
-            "REDIS_ADDRESS": format_address(self.address),
-            **self.credentials(component),
-            **({} if self.tls is None else self.tls.env()),
-        }
-
-    def credentials(self, component: str) -> dict[str, str]:
-        """The Redis user of one component."""
-        return self.users.env(component, sentinel=False)
+    def _addresses(self) -> dict[str, str]:
+        return {"REDIS_ADDRESS": format_address(self.address)}
 
     def kill(self, signum: int = signal.SIGKILL) -> None:
         self.node.process.kill(signum)
@@ -618,8 +576,10 @@ class StandaloneRedis:
 
 def redis_for(mode: str, workdir: str | Path | None = None, **options: Any) -> RedisDeployment:
     """An unstarted deployment for REDIS_MODE `mode` ("sentinel" or "standalone")."""
-    if mode == "sentinel":
-        return RedisSentinelCluster(workdir, **options)
-    if mode == "standalone":
-        return StandaloneRedis(workdir, **options)
-    raise ValueError(f"unknown Redis mode {mode!r}: sentinel or standalone")
+    kinds: dict[str, type[RedisSentinelCluster | StandaloneRedis]] = {
+        "sentinel": RedisSentinelCluster,
+        "standalone": StandaloneRedis,
+    }
+    if mode not in kinds:
+        raise ValueError(f"unknown Redis mode {mode!r}: sentinel or standalone")
+    return kinds[mode](workdir, **options)

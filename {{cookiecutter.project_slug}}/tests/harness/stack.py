@@ -33,6 +33,7 @@ from tests.harness.ports import LOOPBACK, free_port{% if cookiecutter.use_flower
 from tests.harness.processes import ProcessIdentity, SupervisedProcess, run_command
 from tests.harness.redis import RedisDeployment
 from tests.harness.scratch import ScratchDir
+from tests.harness.waiting import NotYet, wait_until
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 ENTRYPOINTS = PROJECT_DIR / "deploy" / "entrypoints"
@@ -311,20 +312,15 @@ class Stack:
 
     def wait_api_ready(self, timeout: float = 60) -> None:
         """GET /readyz answers 200 (broker and result backend reachable)."""
+
+        def ready() -> bool:
+            response = httpx.get(f"{self.api_url}/readyz", timeout=5)
+            if response.status_code != 200:
+                raise NotYet(f"{response.status_code} {response.text}")
+            return True
+
         api = self.processes["api"]
-        deadline = time.monotonic() + timeout
-        last = "no answer"
-        while True:
-            try:
-                response = httpx.get(f"{self.api_url}/readyz", timeout=5)
-                if response.status_code == 200:
-                    return
-                last = f"{response.status_code} {response.text}"
-            except httpx.HTTPError as exc:
-                last = f"{type(exc).__name__}: {exc}"
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"API not ready after {timeout:.0f} s: {last}\n{api.log_tail()}")
-            time.sleep(0.2)
+        wait_until(ready, timeout, "API ready", ignore=(httpx.HTTPError,), detail=api.log_tail)
 
     # --- views ------------------------------------------------------------------------
 
@@ -381,6 +377,3 @@ class Stack:
             f"--destination={destinations}",
             timeout=timeout + 60,
         )
-
-    def logs(self) -> Mapping[str, str]:
-        return {name: process.log_text() for name, process in self.processes.items()}

@@ -11,8 +11,9 @@ import pytest
 from {{ cookiecutter.package_name }}.api.keys import Scope
 from tests.harness.api import ApiClient, metric_value
 from tests.harness.databases import Database
-from tests.harness.probes import ledger_rows
+from tests.harness.probes import ledger_rows, wait_until
 from tests.harness.stack import Stack, StackOptions
+from tests.harness.waiting import NotYet
 
 pytestmark = pytest.mark.reliability("R48")
 
@@ -59,13 +60,14 @@ def test_a_full_queue_refuses_at_its_bound_and_runs_everything_it_accepted(
 
     stack.start_extra("worker", "low")
     accepted = [answer.json()["id"] for answer in answers[:BACKLOG_BOUND]]
-    deadline = time.monotonic() + DRAIN_TIMEOUT
-    while True:
+
+    def drained() -> bool:
         states = {row["state"] for row in ledger_rows(database, accepted).values()}
-        if states == {"SUCCEEDED"} or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
-    assert states == {"SUCCEEDED"}, states
+        if states != {"SUCCEEDED"}:
+            raise NotYet(states)
+        return True
+
+    wait_until(drained, DRAIN_TIMEOUT, f"the {BACKLOG_BOUND} accepted tasks SUCCEEDED", 0.5)
     assert api.submit("demo.echo", {"message": "after"}, queue="low").status_code == 202
 
 

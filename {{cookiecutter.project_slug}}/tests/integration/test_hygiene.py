@@ -6,13 +6,14 @@ from __future__ import annotations
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.harness.api import ApiClient
 from tests.harness.databases import Database
-from tests.harness.probes import ledger, queue_keys, run_python, wait_ledger
+from tests.harness.probes import ledger, queue_keys, run_python, wait_ledger, wait_until
 from tests.harness.redis import RedisSentinelCluster
 from tests.harness.stack import Stack, StackOptions
 
@@ -113,6 +114,61 @@ def test_concurrent_replays_of_one_dead_task_run_it_once(
     assert [row[0] for row in rows] == [replay_id]
     row = wait_ledger(database, replay_id, {"DEAD"}, timeout=60)
     assert int(row["attempts"]) == MAX_RETRIES + 1, row  # one execution, with its retry
+
+
+def replay_script(stack: Stack, dead_id: str, made: Path, coming: Path, first: bool) -> str:
+    """Replay a dead task in one ledger transaction. The first writes its new run's id to
+    `made`, then keeps the transaction open until the second announces itself in `coming`
+    (and a second more); the second writes `coming` just before it replays."""
+    if first:
+        before = ""
+        after = (
+            f"    pathlib.Path({str(made)!r}).write_text(run.id)\n"
+            f"    while not pathlib.Path({str(coming)!r}).exists():\n"
+            "        time.sleep(0.05)\n"
+            "    time.sleep(1)\n"
+        )
+    else:
+        before = f"    pathlib.Path({str(coming)!r}).touch()\n"
+        after = ""
+    return (
+        "import pathlib, time\n"
+        f"from {stack.package}.celery_app import app\n"
+        f"from {stack.package}.ledger.db import session_scope\n"
+        f"from {stack.package}.ledger.deadletters import replay\n"
+        "with session_scope() as session:\n"
+        f"{before}"
+        f"    run = replay(session, app, {dead_id!r})\n"
+        "    session.flush()\n"
+        f"{after}"
+        "print(run.id)\n"
+    )
+
+
+@pytest.mark.reliability("R14")
+def test_a_replay_waits_for_the_one_in_progress_and_returns_its_run(
+    stack: Stack, api: ApiClient, database: Database
+) -> None:
+    """The dead row's lock, not timing luck: a replay that comes while another one's
+    transaction is open waits for it, then gets its run. Without the lock it would not see
+    that uncommitted run, make a second one and finish before the first commits."""
+    dead_id = dead_task(api, database)
+    made, coming = stack.run_dir / f"replay-made-{dead_id}", stack.run_dir / f"replay-{dead_id}"
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(run_python, stack, replay_script(stack, dead_id, made, coming, True))
+
+        def first_made_its_run() -> bool:
+            if made.exists():
+                return True
+            assert not first.done(), first.result()
+            return False
+
+        wait_until(first_made_its_run, 60, "the first replay making its run", 0.05)
+        second_id = run_python(stack, replay_script(stack, dead_id, made, coming, False)).strip()
+        first_id = first.result().strip()
+    assert second_id == first_id == made.read_text()
+    rows = database.query(f"SELECT id FROM task_ledger WHERE replay_of = '{dead_id}'")
+    assert [row[0] for row in rows] == [first_id]
 
 
 @pytest.mark.reliability("R14")

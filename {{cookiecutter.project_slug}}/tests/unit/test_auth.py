@@ -16,6 +16,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
+{%- if cookiecutter.database != "sqlite" %}
+from sqlalchemy.engine import make_url
+{%- endif %}
 
 from {{ cookiecutter.package_name }}.api.app import create_app
 from {{ cookiecutter.package_name }}.api.catalog import SubmissionRejected, TaskCatalog
@@ -314,3 +317,28 @@ def test_secrets_are_read_from_files(tmp_path: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("REDIS_PASSWORD_FILE", str(tmp_path / "absent"))
     with pytest.raises(ValueError, match="REDIS_PASSWORD_FILE: cannot read"):
         Settings()
+{%- if cookiecutter.database != "sqlite" %}
+
+
+def test_the_database_password_comes_apart_from_the_url(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Compose keeps DATABASE_URL plain and the password in a secret file."""
+    monkeypatch.chdir(tmp_path)
+    secret = tmp_path / "database-password"
+    secret.write_text("p@ss/word:1\n")
+    monkeypatch.setenv("DATABASE_PASSWORD_FILE", str(secret))
+    monkeypatch.delenv("DATABASE_PASSWORD", raising=False)
+    settings = Settings(database_url="postgresql+psycopg://app@db:5432/app")
+    assert make_url(settings.database_dsn).password == "p@ss/word:1"
+    assert make_url(settings.database_dsn).host == "db"
+    assert "p@ss" not in settings.database_url.get_secret_value()
+    monkeypatch.delenv("DATABASE_PASSWORD_FILE")
+    # The example's password is refused in production wherever it comes from.
+    with pytest.raises(ValidationError, match="DATABASE_URL"):
+        Settings(
+            environment="production",
+            database_url="postgresql+psycopg://app@db/app",
+            database_password="change-me-database-password",
+        )
+{%- endif %}

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from {{ cookiecutter.package_name }}.settings import Settings
 from tests.harness.chart import (
     CHART_NAME,
     FULLNAME,
@@ -29,10 +30,10 @@ from tests.harness.chart import (
 )
 from tests.harness.redis import acl_rules
 
+# The chart's default worker groups are the service's own defaults (settings.py).
 WORKER_GROUPS = {
-    "high": ("high", "prefork", 2),
-    "default": ("default", "prefork", 2),
-    "low": ("low", "gevent", 50),
+    name: (",".join(group.queues), group.pool, group.concurrency)
+    for name, group in Settings.model_construct().worker_groups.items()
 }
 
 

@@ -11,12 +11,14 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
+from {{ cookiecutter.package_name }}.queues import QUEUE_NAMES
 from {{ cookiecutter.package_name }}.settings import Settings
 
 COMPOSE_FILE = Path(__file__).resolve().parents[2] / "docker-compose.yml"
 ONE_SHOT = {"migrate"}
-WORKERS = ("worker-high", "worker-default", "worker-low")
+WORKERS = tuple(f"worker-{queue}" for queue in QUEUE_NAMES)
 
 
 @pytest.fixture(scope="module")
@@ -91,3 +93,86 @@ def test_app_containers_are_read_only_with_a_tmpfs(
             continue
         assert service.get("read_only") is True, name
         assert "/tmp" in service.get("tmpfs", []), name
+
+
+# Each app service's own Redis user (deploy/redis/users.acl).
+REDIS_USERS = {
+    "api": "api",
+    **dict.fromkeys(WORKERS, "worker"),
+    "beat": "beat",
+{%- if cookiecutter.use_flower == "yes" %}
+    "flower": "flower",
+{%- endif %}
+}
+
+
+def mounted_secrets(service: dict[str, Any]) -> set[str]:
+    return {s if isinstance(s, str) else s["source"] for s in service.get("secrets", [])}
+
+
+def test_secrets_are_files_each_mounted_only_where_it_is_used(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    text = COMPOSE_FILE.read_text()
+    # No password reaches a container through the environment, nor through interpolation.
+    assert not re.findall(r"\$\{[A-Z_]*(?:PASSWORD|API_KEY)[A-Z_]*", text)
+    declared = set(yaml.safe_load(text)["secrets"])
+    used = set()
+    for name, service in services.items():
+        mounted = mounted_secrets(service)
+        used |= mounted
+        for key, value in (service.get("environment") or {}).items():
+            # MARIADB_RANDOM_ROOT_PASSWORD is a yes/no flag, not a password.
+            is_flag = key == "MARIADB_RANDOM_ROOT_PASSWORD" and value == "yes"
+            assert not key.endswith("PASSWORD") or is_flag, f"{name}: {key} in the environment"
+            if str(value).startswith("/run/secrets/"):
+                assert str(value).removeprefix("/run/secrets/") in mounted, (name, key)
+        # An app service holds its own Redis user's password and no other user's.
+        redis_users = {s for s in mounted if s.startswith("redis_user_")}
+        own = REDIS_USERS.get(name)
+        if own is not None:
+            assert redis_users == {f"redis_user_{own}_password"}, (name, redis_users)
+            env = service["environment"]
+            assert env["REDIS_USERNAME"] == own, name
+            # Production requires of it exactly the secrets of its kind (settings.py).
+            assert env["PROCESS_KIND"] == own, name
+            assert env["REDIS_PASSWORD_FILE"] == f"/run/secrets/redis_user_{own}_password", name
+    assert used == declared, f"declared but never mounted: {sorted(declared - used)}"
+    assert services["migrate"]["environment"]["PROCESS_KIND"] == "migrate"
+    assert not mounted_secrets(services["migrate"]) & {
+        s for s in declared if s.startswith("redis_user_")
+    }, "the migrations get a Redis password"
+
+
+# The setting each mounted secret file feeds (through <SETTING>_FILE).
+SETTING_OF_SECRET = {
+    "sentinel_user_client_password": "redis_sentinel_password",
+    "database_password": "database_password",
+{%- if cookiecutter.use_flower == "yes" %}
+    "flower_password": "flower_password",
+{%- endif %}
+}
+# Every secret production may require; one a container is not given stays empty.
+REQUIRED_SECRETS = ("redis_password", "redis_sentinel_password"{% if cookiecutter.use_flower == "yes" %}, "flower_password"{% endif %})
+
+
+def test_each_app_container_has_every_secret_production_asks_of_it(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    """With ENVIRONMENT=production a process refuses to start without a secret its kind
+    needs: the secrets compose mounts into each app container must be enough."""
+    for name, service in services.items():
+        kind = (service.get("environment") or {}).get("PROCESS_KIND")
+        if kind is None:
+            continue
+        given: dict[str, Any] = {}
+        for secret in mounted_secrets(service):
+            setting = SETTING_OF_SECRET.get(secret, "redis_password")
+            given[setting] = f"{secret}-a-strong-value"
+        for setting in REQUIRED_SECRETS:
+            given.setdefault(setting, "")
+        url = service["environment"]["DATABASE_URL"]
+        try:
+            Settings(environment="production", process_kind=kind, database_url=url, **given)
+        except ValidationError as refused:
+            pytest.fail(f"{name} would not start in production: {refused}")

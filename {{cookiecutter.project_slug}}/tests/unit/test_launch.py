@@ -64,7 +64,7 @@ def test_a_worker_on_an_unknown_queue_is_refused_with_the_known_ones() -> None:
 @pytest.mark.reliability("R29")
 def test_beat_runs_as_its_own_process() -> None:
     command = command_for("beat")
-    assert command[:4] == ["celery", "--app", command[2], "beat"]
+    assert command[:4] == ["celery", "--app", launch.CELERY_APP, "beat"]
     assert not any(part.startswith("--schedule") for part in command)
 
 

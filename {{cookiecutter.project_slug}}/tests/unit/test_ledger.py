@@ -239,17 +239,38 @@ def test_reconcile_redispatches_stalled_rows_once_and_buries_exhausted_ones(
 
     report = reconcile(celery_app, SETTINGS)
 
-    assert set(report.redispatched) >= {lost_publish, lost_in_failover, dead_worker}
+    lost = {lost_publish, lost_in_failover, dead_worker}
+    assert set(report.redispatched) >= lost
     assert exhausted in report.dead
     for untouched in (still_fine, waiting, finished):
         assert untouched not in report.redispatched + report.dead
-    for task_id in (lost_publish, lost_in_failover, dead_worker):
+    for task_id in lost:
         assert state_of(task_id) == TaskState.PUBLISHED
     assert state_of(exhausted) == TaskState.DEAD
     assert {m["queue"] for m in sent if m.get("task_id") == exhausted} == {"dead"}
     # A second run right after finds nothing left to do: no double dispatch.
     again = reconcile(celery_app, SETTINGS)
-    assert not set(again.redispatched) & {lost_publish, lost_in_failover, dead_worker}
+    assert not set(again.redispatched) & lost
+
+
+@pytest.mark.reliability("R34")
+def test_a_retry_due_for_as_long_as_a_published_message_may_wait_is_sent_again(
+    celery_app: Celery,
+) -> None:
+    """Its message was lost (a failover, a worker holding it died): well before the
+    visibility timeout would bring a held copy back."""
+    settings = SETTINGS.model_copy(update={"reconcile_published_after": 60})
+    assert settings.reconcile_retry_after < settings.visibility_timeout
+    due = utcnow() - timedelta(seconds=30)
+    lost_age = timedelta(seconds=settings.reconcile_retry_after + 5)
+    lost_retry = add_row(TaskState.RETRY, lost_age, eta=due)
+    recent_retry = add_row(TaskState.RETRY, timedelta(seconds=30), eta=due)
+
+    redispatched = reconcile(celery_app, settings).redispatched
+
+    assert lost_retry in redispatched
+    assert recent_retry not in redispatched
+    assert state_of(lost_retry) == TaskState.PUBLISHED
 
 
 @pytest.mark.reliability("R34")

@@ -33,7 +33,7 @@ from {{ cookiecutter.package_name }}.ledger.models import (
 from {{ cookiecutter.package_name }}.ledger.publish import new_row
 from {{ cookiecutter.package_name }}.ledger.reconcile import rescue_orphans
 from {{ cookiecutter.package_name }}.ledger.statements import HEARTBEATS, LEDGER
-from {{ cookiecutter.package_name }}.ledger.tracking import Claim, claim, release, requeue
+from {{ cookiecutter.package_name }}.ledger.tracking import Claim, claim, record_retry, release, requeue
 from {{ cookiecutter.package_name }}.settings import Settings, get_settings
 from {{ cookiecutter.package_name }}.tasks import demo
 from {{ cookiecutter.package_name }}.tasks.base import RETRY_OF_HEADER
@@ -151,6 +151,22 @@ def test_a_retry_of_a_dead_process_waits_for_its_due_time(celery_app: Celery) ->
 
     assert report.redispatched == [due]
     assert row_of(waiting).state == TaskState.RETRY
+
+
+def test_a_retry_scheduled_without_a_claim_belongs_to_the_process_that_scheduled_it(
+    celery_app: Celery,
+) -> None:
+    """The ledger failed the claim, then took the RETRY mark: should the retry message die
+    with that process (held in its memory until due), the sweep sends the task again."""
+    unclaimed = a_task(TaskState.PUBLISHED, None, attempts=0)
+    claimed = a_task(TaskState.STARTED, a_worker(seen_ago=1))
+    for task_id in (unclaimed, claimed):
+        record_retry(task_id, "OperationalError: the ledger restarted", delay=0)
+
+    assert row_of(unclaimed).incarnation == heartbeats.INCARNATION
+    assert row_of(claimed).incarnation != heartbeats.INCARNATION, "the run's claim stays"
+    # This process never beat here: to the sweep it is dead, the other worker alive.
+    assert rescue_orphans(celery_app, SETTINGS).redispatched == [unclaimed]
 
 
 def test_a_sweep_past_the_attempt_limit_buries_the_row(celery_app: Celery) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from {{ cookiecutter.package_name }}.queues import QUEUE_NAMES
 from {{ cookiecutter.package_name }}.settings import Settings
 
 
@@ -43,6 +44,23 @@ def test_values_are_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -
     assert settings.redis_sentinels == ("s1:26379", "s2:26379")
     assert settings.worker_group("low").pool == "prefork"
     assert settings.api_task_allowlist == ("demo.echo", "demo.sleep")
+
+
+def test_every_queue_has_its_worker_group_from_its_own_variables(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for concurrency, queue in enumerate(QUEUE_NAMES, start=3):
+        monkeypatch.setenv(f"WORKER_{queue.upper()}_CONCURRENCY", str(concurrency))
+        monkeypatch.setenv(f"WORKER_{queue.upper()}_POOL", "threads")
+        monkeypatch.setenv(f"API_MAX_BACKLOG_{queue.upper()}", str(concurrency * 10))
+    settings = make()
+    assert list(settings.worker_groups) == list(QUEUE_NAMES)
+    assert list(settings.api_max_backlogs) == list(QUEUE_NAMES)
+    for concurrency, queue in enumerate(QUEUE_NAMES, start=3):
+        group = settings.worker_group(queue)
+        assert (group.name, group.queues) == (queue, (queue,))
+        assert (group.pool, group.concurrency) == ("threads", concurrency)
+        assert settings.api_max_backlogs[queue] == concurrency * 10
 
 
 def test_an_unknown_pool_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,8 +8,16 @@ import pytest
 from celery import Celery, states
 
 from {{ cookiecutter.package_name }}.tasks import demo, reports
+from {{ cookiecutter.package_name }}.tasks.base import ReliableTask
 from {{ cookiecutter.package_name }}.tasks.cancel import request_abort
 from {{ cookiecutter.package_name }}.tasks.errors import RetryableError
+
+
+def test_every_task_of_the_service_is_a_reliable_task(celery_app: Celery) -> None:
+    """The app's task class (task_cls) is ReliableTask: no task declares it, none escapes it."""
+    ours = {name: task for name, task in celery_app.tasks.items() if not name.startswith("celery.")}
+    assert ours
+    assert all(isinstance(task, ReliableTask) for task in ours.values()), sorted(ours)
 
 
 def test_echo_returns_its_input(eager: Celery) -> None:
@@ -80,6 +88,14 @@ def test_sleep_stops_when_aborted(celery_app: Celery) -> None:
 
 
 @pytest.mark.reliability("R25")
-def test_fire_and_forget_task_ignores_its_result() -> None:
-    assert demo.notify.ignore_result is True
-    assert demo.echo.ignore_result is False
+def test_fire_and_forget_task_ignores_its_result(
+    celery_app: Celery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for task in (demo.notify, demo.echo):
+        # Run as a worker would: the outcome goes to the result backend unless ignored.
+        monkeypatch.setattr(task, "store_eager_result", True)
+    demo.notify.apply(args=("hello",), task_id="notify-probe")
+    demo.echo.apply(args=("hello",), task_id="echo-probe")
+    # Its progress reports are written (PROGRESS), its outcome never is.
+    assert celery_app.backend.get_task_meta("notify-probe")["status"] not in states.READY_STATES
+    assert celery_app.backend.get_task_meta("echo-probe")["status"] == states.SUCCESS

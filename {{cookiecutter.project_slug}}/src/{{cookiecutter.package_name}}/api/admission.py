@@ -27,8 +27,7 @@ from limits.storage import MemoryStorage, RedisStorage, Storage
 from limits.strategies import SlidingWindowCounterRateLimiter
 
 from {{ cookiecutter.package_name }}.api.metrics import SUBMISSIONS_REFUSED
-from {{ cookiecutter.package_name }}.ledger.publish import BROKER_ERRORS
-from {{ cookiecutter.package_name }}.queues import QUEUE_NAMES
+from {{ cookiecutter.package_name }}.broker_errors import BROKER_ERRORS
 from {{ cookiecutter.package_name }}.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -71,9 +70,7 @@ class Backlog:
 
     def __init__(self, app: Celery, settings: Settings) -> None:
         self._app = app
-        self._bounds = {
-            queue: getattr(settings, f"api_max_backlog_{queue}") for queue in QUEUE_NAMES
-        }
+        self._bounds: dict[str, int] = {q: n for q, n in settings.api_max_backlogs.items()}
 
     def admit(self, queue: str) -> None:
         bound = self._bounds.get(queue, 0)

@@ -21,10 +21,10 @@ from {{ cookiecutter.package_name }}.api.catalog import SubmissionRejected, Task
 from {{ cookiecutter.package_name }}.api.schemas import TaskSubmission
 from {{ cookiecutter.package_name }}.ledger.db import session_scope
 from {{ cookiecutter.package_name }}.ledger.models import TaskRecord
-from {{ cookiecutter.package_name }}.ledger.publish import BROKER_ERRORS, submit
+from {{ cookiecutter.package_name }}.ledger.publish import submit
 from {{ cookiecutter.package_name }}.settings import Settings
 
-__all__ = ["BROKER_ERRORS", "BrokerUnavailable", "LedgerUnavailable", "dispatch", "ledger_session"]
+__all__ = ["BrokerUnavailable", "LedgerUnavailable", "dispatch", "ledger_session"]
 
 
 class BrokerUnavailable(Exception):

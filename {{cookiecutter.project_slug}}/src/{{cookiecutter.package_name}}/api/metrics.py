@@ -35,7 +35,8 @@ HTTP_LATENCY = Histogram(
 )
 TASKS_SUBMITTED = Counter(
     "tasks_submitted_total",
-    "Task submissions by outcome: accepted, rejected (4xx) or broker_unavailable (503)",
+    "Task submissions by outcome: published, queued (broker unreachable; reconcile publishes"
+    " it), rejected (422) or ledger_unavailable (503)",
     ["task", "outcome"],
 )
 AUTH_FAILURES = Counter(

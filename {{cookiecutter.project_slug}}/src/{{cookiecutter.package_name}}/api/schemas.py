@@ -15,7 +15,7 @@ from pydantic import (
     model_validator,
 )
 
-QueueName = Literal["high", "default", "low"]
+from {{ cookiecutter.package_name }}.queues import QueueName
 
 
 def _as_utc(value: datetime) -> datetime:
@@ -105,6 +105,8 @@ class TaskCancelled(BaseModel):
 
 
 class DeadLetter(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     id: str
     name: str
     queue: str

@@ -37,17 +37,7 @@ def install_defaults(specs: list[PeriodicSpec]) -> None:
         existing = set(session.scalars(select(PeriodicTask.name)))
         for spec in specs:
             if spec.name not in existing:
-                session.add(
-                    PeriodicTask(
-                        name=spec.name,
-                        task=spec.task,
-                        interval_seconds=spec.interval_seconds,
-                        crontab=spec.crontab,
-                        kwargs=spec.kwargs,
-                        queue=spec.queue,
-                        enabled=True,
-                    )
-                )
+                session.add(spec.row())
 
 
 def acquire_lease(holder: str, seconds: float, now: datetime | None = None) -> bool:

@@ -27,7 +27,7 @@ from {{ cookiecutter.package_name }}.ledger.deadletters import (
     replay,
 )
 from {{ cookiecutter.package_name }}.ledger.models import PeriodicTask
-from {{ cookiecutter.package_name }}.schedule import celery_schedule
+from {{ cookiecutter.package_name }}.schedule import PeriodicSpec
 
 
 def _positive_seconds(text: str) -> float:
@@ -95,21 +95,18 @@ def _periodic(options: argparse.Namespace) -> int:
                 print(f"{row.name}  {row.task}  {timing}  {state}  last run {row.last_run_at}")
         elif options.action == "set":
             try:
-                celery_schedule(options.every, options.cron)
+                spec = PeriodicSpec(
+                    options.name,
+                    options.task,
+                    options.every,
+                    options.cron,
+                    options.kwargs,
+                    options.queue,
+                )
             except ValueError as exc:
                 print(f"error: invalid schedule: {exc}", file=sys.stderr)
                 return 2
-            session.merge(
-                PeriodicTask(
-                    name=options.name,
-                    task=options.task,
-                    interval_seconds=options.every,
-                    crontab=options.cron,
-                    kwargs=options.kwargs,
-                    queue=options.queue,
-                    enabled=not options.disabled,
-                )
-            )
+            session.merge(spec.row(enabled=not options.disabled))
         else:
             session.execute(delete(PeriodicTask).where(PeriodicTask.name == options.name))
     return 0

@@ -48,7 +48,7 @@ def _autocommit_engine() -> Engine:
 
 def _create_engine(**options: Any) -> Engine:
     settings = get_settings()
-    url = settings.database_url.get_secret_value()
+    url = settings.database_dsn
     if url.startswith("sqlite"):
         database = make_url(url).database
         if database and database != ":memory:":

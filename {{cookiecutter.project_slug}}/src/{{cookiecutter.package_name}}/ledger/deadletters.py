@@ -16,8 +16,9 @@ from celery.result import denied_join_result
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from {{ cookiecutter.package_name }}.broker_errors import BROKER_ERRORS
 from {{ cookiecutter.package_name }}.ledger.models import TaskRecord, TaskState
-from {{ cookiecutter.package_name }}.ledger.publish import BROKER_ERRORS, enqueue
+from {{ cookiecutter.package_name }}.ledger.publish import enqueue
 from {{ cookiecutter.package_name }}.queues import DEAD_QUEUE
 
 logger = logging.getLogger(__name__)

@@ -17,13 +17,12 @@ from typing import Any, TypedDict, Unpack
 
 from celery import Celery
 from celery.result import denied_join_result
-from kombu.exceptions import OperationalError
-from redis.exceptions import RedisError
 from sqlalchemy import event
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, SessionTransaction
 from sqlalchemy.orm.attributes import set_committed_value
 
+from {{ cookiecutter.package_name }}.broker_errors import BROKER_ERRORS
 from {{ cookiecutter.package_name }}.ledger import statements
 from {{ cookiecutter.package_name }}.ledger.db import retry_on_disconnect, single_statement
 from {{ cookiecutter.package_name }}.ledger.models import TaskRecord, TaskState, utcnow
@@ -31,8 +30,6 @@ from {{ cookiecutter.package_name }}.sent_events import sent_events
 
 logger = logging.getLogger(__name__)
 
-# What a publish raises once task_publish_retry_policy is exhausted.
-BROKER_ERRORS = (OperationalError, RedisError, OSError)
 # A message sent again for a row that was published before: the worker checks the
 # ledger before running it (tasks/request.py).
 REDISPATCH_HEADER = "ledger_redispatch"

@@ -127,48 +127,52 @@ def _recover(
         causes = {row.id: cause_of(row) for row in candidates}
         # Bounded both ways: too many starts (a poison task), or too many sends that never
         # started (nothing consumes its queue).
-        exhausted = {
-            row.id
+        exhausted = [
+            row
             for row in candidates
             if max(row.attempts, row.dispatches) >= settings.ledger_max_attempts
-        }
+        ]
         to_bury = _claim(
-            session,
-            [row for row in candidates if row.id in exhausted],
-            now,
-            state=TaskState.DEAD,
-            finished_at=now,
-            last_error=limit_reason,
+            session, exhausted, now, state=TaskState.DEAD, finished_at=now, last_error=limit_reason
         )
-        to_publish = _claim(
-            session,
-            [row for row in candidates if row.id not in exhausted],
-            now,
-            state=TaskState.QUEUED,
-            incarnation=None,
-        )
+        others = [row for row in candidates if row not in exhausted]
+        to_publish = _claim(session, others, now, state=TaskState.QUEUED, incarnation=None)
         report = ReconcileReport(causes=Counter(causes[row.id] for row in to_publish))
         _count(session, report.causes)
-    for event, rows in (("reconcile_dead", to_bury), ("reconcile_redispatch", to_publish)):
-        for row in rows:
-            logger.warning(
-                "reconcile: task stalled",
-                extra={
-                    "event": event,
-                    "cause": causes[row.id],
-                    "task_id": row.id,
-                    "task_name": row.name,
-                    "stalled_state": row.state,
-                    "attempts": row.attempts,
-                },
-            )
-    for row in to_publish:
-        row.state = TaskState.QUEUED
-    report.redispatched = [row.id for row in publish_all(app, to_publish)]
-    for row in to_bury:
-        send_to_dead_queue(app, row.id, row.name, row.kwargs, limit_reason)
-        report.dead.append(row.id)
+    _log_stalled("reconcile_dead", to_bury, causes)
+    _log_stalled("reconcile_redispatch", to_publish, causes)
+    report.redispatched = _redispatch(app, to_publish)
+    report.dead = _bury(app, to_bury, limit_reason)
     return report
+
+
+def _log_stalled(event: str, rows: Sequence[TaskRecord], causes: dict[str, Recovery]) -> None:
+    for row in rows:
+        logger.warning(
+            "reconcile: task stalled",
+            extra={
+                "event": event,
+                "cause": causes[row.id],
+                "task_id": row.id,
+                "task_name": row.name,
+                "stalled_state": row.state,
+                "attempts": row.attempts,
+            },
+        )
+
+
+def _redispatch(app: Celery, rows: Sequence[TaskRecord]) -> list[str]:
+    """Rows claimed back to QUEUED: publish them again; the ids that reached the broker."""
+    for row in rows:
+        row.state = TaskState.QUEUED
+    return [row.id for row in publish_all(app, rows)]
+
+
+def _bury(app: Celery, rows: Sequence[TaskRecord], reason: str) -> list[str]:
+    """Rows claimed DEAD, out of attempts: a copy of each goes to the dead queue (R14)."""
+    for row in rows:
+        send_to_dead_queue(app, row.id, row.name, row.kwargs, reason)
+    return [row.id for row in rows]
 
 
 def _count(session: Session, causes: Counter[Recovery]) -> None:

@@ -86,6 +86,8 @@ CLAIM = (
 
 # A retry is scheduled (`error`, `delay` seconds): RETRY before its message exists, so a
 # fast copy finds the row free; `eta` says when it is due (reconcile.rescue_orphans).
+# A row nobody claimed (the ledger failed the claim) becomes the scheduling process's
+# (`incarnation`), so its death sends the retry again should the message die with it.
 MARK_RETRY = (
     update(LEDGER)
     .where(_ROW, _UNFINISHED)
@@ -93,6 +95,7 @@ MARK_RETRY = (
         state=TaskState.RETRY,
         last_error=bindparam("error", type_=Text),
         eta=database_now(bindparam("delay", type_=Float)),
+        incarnation=func.coalesce(LEDGER.c.incarnation, bindparam("incarnation", type_=String)),
     )
 )
 

@@ -79,7 +79,7 @@ def claim(task_id: str, worker: str | None, retry_of: int | None = None) -> tupl
 
 def record_retry(task_id: str, error: str, delay: float) -> None:
     """RETRY, due in `delay` seconds: written before the retry message is sent."""
-    params = {"task_id": task_id, "error": clean(error), "delay": delay}
+    params = {"task_id": task_id, "error": clean(error), "delay": delay, "incarnation": INCARNATION}
     try:
         with single_statement() as connection:
             connection.execute(statements.MARK_RETRY, params)

@@ -1,1 +1,1 @@
-"""Logs, error reporting and task lifecycle signals."""
+"""Logs{% if cookiecutter.use_sentry == "yes" %}, error reporting{% endif %}, task lifecycle logs and the consumer watchdog."""

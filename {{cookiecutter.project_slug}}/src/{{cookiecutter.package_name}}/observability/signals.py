@@ -1,4 +1,4 @@
-"""Celery signal handlers: logging setup, task timing and revocations (R39-R41{% if cookiecutter.use_sentry == "yes" %}, R38{% endif %})."""
+"""Celery signal handlers: logging setup, task timing and revocation logs (R39-R41{% if cookiecutter.use_sentry == "yes" %}, R38{% endif %})."""
 
 from __future__ import annotations
 
@@ -8,15 +8,11 @@ from typing import Any
 
 from celery import signals
 
-from {{ cookiecutter.package_name }}.ledger.db import reset_after_fork
-from {{ cookiecutter.package_name }}.ledger.models import TaskState
-from {{ cookiecutter.package_name }}.ledger.tracking import record_outcome
 from {{ cookiecutter.package_name }}.observability.logging import configure_logging
 from {{ cookiecutter.package_name }}.observability.redact import redact
 {%- if cookiecutter.use_sentry == "yes" %}
 from {{ cookiecutter.package_name }}.observability.sentry import init_sentry
 {%- endif %}
-from {{ cookiecutter.package_name }}.observability.watchdog import ConsumerWatchdog
 from {{ cookiecutter.package_name }}.settings import get_settings
 
 logger = logging.getLogger(__name__)
@@ -54,10 +50,8 @@ def _on_postrun(
 
 
 def _on_revoked(request: Any, terminated: bool, signum: Any, expired: bool, **_: Any) -> None:
-    """R41: a revoked task leaves a trace, and its ledger row ends REVOKED."""
+    """R41: a revoked task leaves a trace (its ledger row: ledger/signals.py)."""
     task_id = getattr(request, "id", None)
-    if task_id:
-        record_outcome(task_id, TaskState.REVOKED, "expired" if expired else "revoked")
     logger.warning(
         "task revoked",
         extra={
@@ -71,30 +65,6 @@ def _on_revoked(request: Any, terminated: bool, signum: Any, expired: bool, **_:
     )
 
 
-def _reset_ledger_connections(**_: Any) -> None:
-    reset_after_fork()
-
-
-_watchdogs: list[ConsumerWatchdog] = []
-
-
-def _start_watchdog(sender: Any, **_: Any) -> None:
-    """Once the worker consumes, watch that it keeps answering (see watchdog.py)."""
-    settings = get_settings()
-    watchdog = ConsumerWatchdog(
-        sender.app,
-        sender.hostname,
-        settings.worker_watchdog_interval,
-        settings.worker_watchdog_timeout,
-        settings.heartbeat_file,
-    )
-    _watchdogs.append(watchdog)
-    watchdog.start()
-
-
-def _stop_watchdogs(**_: Any) -> None:
-    for watchdog in _watchdogs:
-        watchdog.stop()
 {%- if cookiecutter.use_sentry == "yes" %}
 
 
@@ -115,10 +85,6 @@ def connect() -> None:
     signals.task_prerun.connect(_on_prerun, weak=False)
     signals.task_postrun.connect(_on_postrun, weak=False)
     signals.task_revoked.connect(_on_revoked, weak=False)
-    # Prefork children must not share the parent's database connections.
-    signals.worker_process_init.connect(_reset_ledger_connections, weak=False)
-    signals.worker_ready.connect(_start_watchdog, weak=False)
-    signals.worker_shutting_down.connect(_stop_watchdogs, weak=False)
 {%- if cookiecutter.use_sentry == "yes" %}
     signals.celeryd_init.connect(_init_sentry_worker, weak=False)
     signals.beat_init.connect(_init_sentry_beat, weak=False)

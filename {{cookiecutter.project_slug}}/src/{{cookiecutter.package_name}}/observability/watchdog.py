@@ -14,11 +14,13 @@ import logging
 import os
 import threading
 import time
+from typing import Any
 
-from celery import Celery
+from celery import Celery, signals
 
+from {{ cookiecutter.package_name }}.broker_errors import BROKER_ERRORS
 from {{ cookiecutter.package_name }}.healthcheck import touch_heartbeat
-from {{ cookiecutter.package_name }}.ledger.publish import BROKER_ERRORS
+from {{ cookiecutter.package_name }}.settings import get_settings
 
 logger = logging.getLogger(__name__)
 
@@ -69,3 +71,31 @@ class ConsumerWatchdog:
                 )
                 logging.shutdown()
                 os._exit(EXIT_STATUS)
+
+
+_watchdogs: list[ConsumerWatchdog] = []
+
+
+def _start_watchdog(sender: Any, **_: Any) -> None:
+    """Once the worker consumes, watch that it keeps answering."""
+    settings = get_settings()
+    watchdog = ConsumerWatchdog(
+        sender.app,
+        sender.hostname,
+        settings.worker_watchdog_interval,
+        settings.worker_watchdog_timeout,
+        settings.heartbeat_file,
+    )
+    _watchdogs.append(watchdog)
+    watchdog.start()
+
+
+def _stop_watchdogs(**_: Any) -> None:
+    for watchdog in _watchdogs:
+        watchdog.stop()
+
+
+def connect() -> None:
+    """Start a watchdog with each worker, stop it on shutdown; called by the Celery app module."""
+    signals.worker_ready.connect(_start_watchdog, weak=False)
+    signals.worker_shutting_down.connect(_stop_watchdogs, weak=False)

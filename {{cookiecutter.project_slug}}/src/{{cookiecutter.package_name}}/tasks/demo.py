@@ -14,7 +14,7 @@ from typing import Annotated
 
 from pydantic import Field
 
-from {{ cookiecutter.package_name }}.celery_app import app
+from {{ cookiecutter.package_name }}.celery_app import reliable_app
 from {{ cookiecutter.package_name }}.ledger.db import session_scope
 from {{ cookiecutter.package_name }}.ledger.models import EFFECT_KEY_LENGTH, DemoEffect
 from {{ cookiecutter.package_name }}.ledger.tracking import attempts_of
@@ -35,13 +35,13 @@ Key = Annotated[str, Field(min_length=1, max_length=EFFECT_KEY_LENGTH)]
 # R08: every task has an explicit, stable name; routes and the API allowlist use it.
 
 
-@app.task(name="demo.echo", base=ReliableTask, bind=True)
+@reliable_app.task(name="demo.echo", bind=True)
 def echo(self: ReliableTask, message: Text) -> str:
     """Return the input unchanged: the cheapest end-to-end check."""
     return message
 
 
-@app.task(name="demo.sleep", base=ReliableTask, bind=True)
+@reliable_app.task(name="demo.sleep", bind=True)
 def sleep(self: ReliableTask, seconds: Seconds) -> float:
     """Sleep in small steps, reporting progress (R23) and honouring abort requests (R24).
 
@@ -59,7 +59,7 @@ def sleep(self: ReliableTask, seconds: Seconds) -> float:
     return round(time.monotonic() - started, 3)
 
 
-@app.task(name="demo.flaky", base=ReliableTask, bind=True)
+@reliable_app.task(name="demo.flaky", bind=True)
 def flaky(self: ReliableTask, failures: Attempts) -> int:
     """Fail `failures` times with a transient error, then succeed (automatic retry, R12)."""
     if self.request.retries < failures:
@@ -67,7 +67,7 @@ def flaky(self: ReliableTask, failures: Attempts) -> int:
     return self.request.retries
 
 
-@app.task(name="demo.retry_later", base=ReliableTask, bind=True)
+@reliable_app.task(name="demo.retry_later", bind=True)
 def retry_later(self: ReliableTask, failures: Attempts, countdown: Countdown) -> int:
     """Fail `failures` times and reschedule itself explicitly (manual retry, R13)."""
     if self.request.retries < failures:
@@ -76,13 +76,13 @@ def retry_later(self: ReliableTask, failures: Attempts, countdown: Countdown) ->
     return self.request.retries
 
 
-@app.task(name="demo.fail", base=ReliableTask, bind=True)
+@reliable_app.task(name="demo.fail", bind=True)
 def fail(self: ReliableTask, reason: Text = "always fails") -> None:
     """Fail on every attempt: retries run out and the task ends failed (R14)."""
     raise RetryableError(reason)
 
 
-@app.task(name="demo.record_effect", base=ReliableTask, bind=True)
+@reliable_app.task(name="demo.record_effect", bind=True)
 def record_effect(self: ReliableTask, key: Key, seconds: Seconds = 0.0) -> str:
     """Wait, then write one side-effect row together with the ledger's SUCCEEDED (R21).
 
@@ -96,7 +96,7 @@ def record_effect(self: ReliableTask, key: Key, seconds: Seconds = 0.0) -> str:
     return key
 
 
-@app.task(name="demo.crash", base=ReliableTask, bind=True)
+@reliable_app.task(name="demo.crash", bind=True)
 def crash(self: ReliableTask, until_attempt: Attempts = 20) -> int:
     """Kill the process running it until its ledger attempt reaches `until_attempt`.
 
@@ -110,13 +110,13 @@ def crash(self: ReliableTask, until_attempt: Attempts = 20) -> int:
     return attempt
 
 
-@app.task(name="demo.urgent_ping", base=ReliableTask, bind=True)
+@reliable_app.task(name="demo.urgent_ping", bind=True)
 def urgent_ping(self: ReliableTask) -> str:
     """A cheap task routed to the high queue by name (R10); beat's interval entry."""
     return datetime.now(UTC).isoformat()
 
 
-@app.task(name="demo.notify", base=ReliableTask, bind=True, ignore_result=True)
+@reliable_app.task(name="demo.notify", bind=True, ignore_result=True)
 def notify(self: ReliableTask, message: Text) -> None:
     """Fire-and-forget: stores no result at all (R25, task_ignore_result per task)."""
     self.report_progress(1, 1)

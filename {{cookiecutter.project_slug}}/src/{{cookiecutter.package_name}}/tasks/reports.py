@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from celery import chord
 from pydantic import Field
 
-from {{ cookiecutter.package_name }}.celery_app import app
+from {{ cookiecutter.package_name }}.celery_app import reliable_app
 from {{ cookiecutter.package_name }}.settings import get_settings
 from {{ cookiecutter.package_name }}.tasks.base import ReliableTask
 
@@ -26,13 +26,13 @@ class ReportTask(ReliableTask):
             )
 
 
-@app.task(name="demo.reports.sum_chunk", base=ReliableTask, bind=True)
+@reliable_app.task(name="demo.reports.sum_chunk", bind=True)
 def sum_chunk(self: ReliableTask, start: int, stop: int) -> int:
     """One slice of the work: the sum of squares in [start, stop)."""
     return sum(n * n for n in range(start, stop))
 
 
-@app.task(name="demo.reports.combine", base=ReliableTask, bind=True)
+@reliable_app.task(name="demo.reports.combine", bind=True)
 def combine(self: ReliableTask, parts: list[int]) -> dict[str, int]:
     """Chord callback: runs once every slice has finished."""
     return {"total": sum(parts), "chunks": len(parts)}
@@ -46,7 +46,7 @@ def report_chord(size: int, chunk_size: int) -> chord:
     return chord(slices, combine.s())
 
 
-@app.task(name="demo.reports.build_report", base=ReportTask, bind=True)
+@reliable_app.task(name="demo.reports.build_report", base=ReportTask, bind=True)
 def build_report(self: ReportTask, size: Size, chunk_size: ChunkSize) -> Any:
     """Replace itself with the chord: the slices run in parallel on every low worker.
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from celery import Celery
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 
 from {{ cookiecutter.package_name }}.api.auth import AUTH_RESPONSES, Principal, needs
-from {{ cookiecutter.package_name }}.api.catalog import TaskCatalog
+from {{ cookiecutter.package_name }}.api.deps import CatalogDep, CeleryDep
 from {{ cookiecutter.package_name }}.api.dispatch import ledger_session
 from {{ cookiecutter.package_name }}.api.keys import Scope
 from {{ cookiecutter.package_name }}.api.routers.tasks import accepted
@@ -35,18 +34,8 @@ def list_dead_letters(
 ) -> list[DeadLetter]:
     """Tasks that ended DEAD (retries or attempts exhausted) or FAILED (not retryable)."""
     with ledger_session() as session:
-        return [
-            DeadLetter(
-                id=row.id,
-                name=row.name,
-                queue=row.queue,
-                state=row.state,
-                attempts=row.attempts,
-                last_error=row.last_error,
-                finished_at=row.finished_at,
-            )
-            for row in list_dead(session, limit=limit, offset=offset)
-        ]
+        rows = list_dead(session, limit=limit, offset=offset)
+        return [DeadLetter.model_validate(row) for row in rows]
 
 
 @router.post(
@@ -63,14 +52,14 @@ def replay_dead_letter(
     task_id: uuid.UUID,
     request: Request,
     response: Response,
+    app: CeleryDep,
+    catalog: CatalogDep,
     caller: Annotated[Principal, needs(Scope.DEADLETTERS_REPLAY)],
 ) -> TaskAccepted:
     """Run it again under a new id; the dead row stays as history (`replay_of`).
 
     Replaying the same row again answers with that same new run: nothing runs twice.
     """
-    app: Celery = request.app.state.celery
-    catalog: TaskCatalog = request.app.state.catalog
     try:
         with ledger_session() as session:
             record = replay(

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from celery import Celery
 from celery.backends.redis import RedisBackend
-from fastapi import APIRouter, Request, Response, status
+from fastapi import APIRouter, Response, status
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from {{ cookiecutter.package_name }}.api.dispatch import BROKER_ERRORS
+from {{ cookiecutter.package_name }}.api.deps import CeleryDep, SettingsDep
 from {{ cookiecutter.package_name }}.api.metrics import render
+from {{ cookiecutter.package_name }}.broker_errors import BROKER_ERRORS
 from {{ cookiecutter.package_name }}.ledger.db import session_scope
 
 router = APIRouter(tags=["health"])
@@ -24,12 +25,10 @@ def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", responses={503: {"description": "A dependency is unreachable"}})
-def readyz(request: Request, response: Response) -> dict[str, str]:
+def readyz(app: CeleryDep, settings: SettingsDep, response: Response) -> dict[str, str]:
     """Readiness: broker, result backend and ledger database answer within the timeout."""
-    app: Celery = request.app.state.celery
-    timeout = request.app.state.settings.api_readiness_timeout
     checks = {
-        "broker": _check_broker(app, timeout),
+        "broker": _check_broker(app, settings.api_readiness_timeout),
         "result_backend": _check_backend(app),
         "database": _check_database(),
     }

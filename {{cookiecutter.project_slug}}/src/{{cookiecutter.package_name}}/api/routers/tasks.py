@@ -8,14 +8,13 @@ from typing import Annotated, Any
 
 from celery import Celery, states
 from celery.result import AsyncResult
-from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
+from fastapi import APIRouter, HTTPException, Request, Response, status
 from sqlalchemy import Row
 
-from {{ cookiecutter.package_name }}.api.admission import Backlog
 from {{ cookiecutter.package_name }}.api.auth import AUTH_RESPONSES, Principal, needs
-from {{ cookiecutter.package_name }}.api.catalog import SubmissionRejected, TaskCatalog
+from {{ cookiecutter.package_name }}.api.catalog import SubmissionRejected
+from {{ cookiecutter.package_name }}.api.deps import BacklogDep, CatalogDep, CeleryDep, SettingsDep
 from {{ cookiecutter.package_name }}.api.dispatch import (
-    BROKER_ERRORS,
     BrokerUnavailable,
     LedgerUnavailable,
     dispatch,
@@ -31,12 +30,12 @@ from {{ cookiecutter.package_name }}.api.schemas import (
     TaskStatus,
     TaskSubmission,
 )
+from {{ cookiecutter.package_name }}.broker_errors import BROKER_ERRORS
 from {{ cookiecutter.package_name }}.ledger import statements
 from {{ cookiecutter.package_name }}.ledger.db import single_statement
 from {{ cookiecutter.package_name }}.ledger.models import FINAL_STATES, TaskRecord, TaskState
 from {{ cookiecutter.package_name }}.ledger.tracking import mark
 from {{ cookiecutter.package_name }}.observability.logging import request_id_var
-from {{ cookiecutter.package_name }}.settings import Settings
 from {{ cookiecutter.package_name }}.tasks.base import PROGRESS
 from {{ cookiecutter.package_name }}.tasks.cancel import request_abort
 
@@ -45,27 +44,6 @@ router = APIRouter(prefix="/api/v1/tasks", tags=["tasks"], responses=AUTH_RESPON
 RUNNING_STATES = frozenset({states.STARTED, PROGRESS})
 
 
-def celery_app(request: Request) -> Celery:
-    app: Celery = request.app.state.celery
-    return app
-
-
-def catalog(request: Request) -> TaskCatalog:
-    found: TaskCatalog = request.app.state.catalog
-    return found
-
-
-def settings(request: Request) -> Settings:
-    found: Settings = request.app.state.settings
-    return found
-
-
-def backlog(request: Request) -> Backlog:
-    found: Backlog = request.app.state.backlog
-    return found
-
-
-CeleryDep = Annotated[Celery, Depends(celery_app)]
 UNAVAILABLE: dict[int | str, dict[str, Any]] = {
     503: {"description": "Ledger database or Redis unreachable"}
 }
@@ -88,9 +66,9 @@ def submit_task(
     request: Request,
     response: Response,
     app: CeleryDep,
-    tasks: Annotated[TaskCatalog, Depends(catalog)],
-    intake: Annotated[Backlog, Depends(backlog)],
-    config: Annotated[Settings, Depends(settings)],
+    tasks: CatalogDep,
+    intake: BacklogDep,
+    config: SettingsDep,
     principal: Annotated[Principal, needs(Scope.TASKS_SUBMIT)],
 ) -> TaskAccepted:
     """202 once the ledger row is durable: PUBLISHED, or QUEUED if the broker was down."""
@@ -139,22 +117,18 @@ def get_task(
         celery_state, info, date_done = "UNKNOWN", None, None
     if record is None and celery_state == states.PENDING:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no task with id {key}")
-    return TaskStatus(
-        id=key,
-        name=record.name if record else None,
-        state=record.state if record else celery_state,
-        celery_state=celery_state,
-        attempts=record.attempts if record else None,
-        last_error=record.last_error if record else None,
-        result=_json_or_repr(info) if celery_state == states.SUCCESS else None,
-        progress=info if celery_state in RUNNING_STATES and isinstance(info, dict) else None,
-        error=_error(info) if isinstance(info, BaseException) else None,
-        created_at=record.created_at if record else None,
-        started_at=record.started_at if record else None,
-        finished_at=record.finished_at if record else None,
-        date_done=date_done,
-        replay_of=record.replay_of if record else None,
-        submitted_by=record.submitted_by if record else None,
+    # The ledger row's columns (its state first), else Celery's state alone; then Celery's view.
+    ledger = record._asdict() if record else {"state": celery_state}
+    return TaskStatus.model_validate(
+        {
+            **ledger,
+            "id": key,
+            "celery_state": celery_state,
+            "result": _json_or_repr(info) if celery_state == states.SUCCESS else None,
+            "progress": info if celery_state in RUNNING_STATES and isinstance(info, dict) else None,
+            "error": _error(info) if isinstance(info, BaseException) else None,
+            "date_done": date_done,
+        }
     )
 
 

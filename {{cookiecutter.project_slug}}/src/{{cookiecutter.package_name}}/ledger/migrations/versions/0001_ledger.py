@@ -19,6 +19,13 @@ Timestamp = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb"
 
 
 def upgrade() -> None:
+    _create_task_ledger()
+    _create_demo_effects()
+    _create_periodic_tasks()
+    _create_beat_lease()
+
+
+def _create_task_ledger() -> None:
     op.create_table(
         "task_ledger",
         sa.Column("id", sa.String(36), primary_key=True),
@@ -44,6 +51,9 @@ def upgrade() -> None:
     op.create_index("ix_task_ledger_state_updated_at", "task_ledger", ["state", "updated_at"])
     op.create_index("ix_task_ledger_finished_at", "task_ledger", ["finished_at"])
     op.create_index("ix_task_ledger_replay_of", "task_ledger", ["replay_of"])
+
+
+def _create_demo_effects() -> None:
     op.create_table(
         "demo_effects",
         sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
@@ -52,6 +62,9 @@ def upgrade() -> None:
         sa.Column("created_at", Timestamp, nullable=False),
     )
     op.create_index("ix_demo_effects_task_id", "demo_effects", ["task_id"])
+
+
+def _create_periodic_tasks() -> None:
     op.create_table(
         "periodic_tasks",
         sa.Column("name", sa.String(200), primary_key=True),
@@ -64,6 +77,9 @@ def upgrade() -> None:
         sa.Column("last_run_at", Timestamp, nullable=True),
         sa.Column("updated_at", Timestamp, nullable=False),
     )
+
+
+def _create_beat_lease() -> None:
     op.create_table(
         "beat_lease",
         sa.Column("name", sa.String(50), primary_key=True),

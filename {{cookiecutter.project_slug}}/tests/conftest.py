@@ -1,1 +1,0 @@
-"""Shared fixtures: every tier registers the `reliability` marker (see pyproject.toml)."""
