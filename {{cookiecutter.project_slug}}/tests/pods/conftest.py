@@ -1,5 +1,5 @@
 """The pods tier: the Helm chart's pods, exactly as `helm template` renders them, run as
-containers on a Docker engine by tests/harness/podrunner.py (a kubelet's test double).
+containers on a Docker engine by tests/pods/podrunner.py (a kubelet's test double).
 
 Images: no pulls. The app image is built from the Dockerfile (PYTHON_IMAGE, as for
 compose), or taken from APP_IMAGE; the others come from the variables docker-compose.yml
@@ -25,7 +25,7 @@ import pytest
 
 from tests.harness.binaries import missing_dependency
 from tests.harness.chart import FULLNAME, NAMESPACE, ROOT, render
-from tests.harness.podrunner import Cluster, Pod, docker
+from tests.pods.podrunner import Cluster, Pod, docker
 
 RESULTS = Path(__file__).parent / "results"
 FIGURES: dict[str, Any] = {}

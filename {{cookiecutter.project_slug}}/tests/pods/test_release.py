@@ -18,8 +18,9 @@ import httpx
 import pytest
 
 from tests.harness.chart import FULLNAME
-from tests.harness.podrunner import Pod
+from tests.harness.waiting import wait_until
 from tests.pods.conftest import FAST_SETTINGS, Stack, record
+from tests.pods.podrunner import Pod
 
 # The release starts with the module's first test (an image build, then every pod).
 pytestmark = [pytest.mark.pods, pytest.mark.timeout(900)]
@@ -39,12 +40,12 @@ SENTINEL_CLI = (
 ROLE_CLI = 'REDISCLI_AUTH="$REDIS_USER_ADMIN_PASSWORD" redis-cli --user admin ROLE'
 
 
-def wait_for(condition: Callable[[], bool], timeout: float, interval: float = 1.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(interval)
+def holds_within(condition: Callable[[], bool], timeout: float, what: str, step: float = 1) -> bool:
+    """Whether `condition` holds within `timeout` seconds (for figures recorded either way)."""
+    try:
+        wait_until(condition, timeout, what, step=step)
+    except TimeoutError:
+        return False
     return True
 
 
@@ -55,27 +56,21 @@ def submit(client: httpx.Client, name: str, kwargs: dict[str, Any], **options: A
 
 
 def wait_final(client: httpx.Client, ids: list[str], timeout: float) -> dict[str, dict[str, Any]]:
+    """Each task's body once final ({"state": "not final"} for one still not after `timeout`)."""
     bodies: dict[str, dict[str, Any]] = {}
-    deadline = time.monotonic() + timeout
-    pending = list(ids)
-    while pending and time.monotonic() < deadline:
-        still = []
-        for task_id in pending:
+
+    def all_final() -> bool:
+        for task_id in [task_id for task_id in ids if task_id not in bodies]:
             try:
                 response = client.get(f"/api/v1/tasks/{task_id}")
             except httpx.TransportError:
-                still.append(task_id)
                 continue
             if response.status_code == 200 and response.json()["state"] in FINAL:
                 bodies[task_id] = response.json()
-            else:
-                still.append(task_id)
-        pending = still
-        if pending:
-            time.sleep(1)
-    for task_id in pending:
-        bodies[task_id] = {"state": "not final"}
-    return bodies
+        return len(bodies) == len(ids)
+
+    holds_within(all_final, timeout, "every task final")
+    return {task_id: bodies.get(task_id, {"state": "not final"}) for task_id in ids}
 
 
 def one_task_per_queue(stack: Stack, timeout: float = 120) -> dict[str, str]:
@@ -163,7 +158,8 @@ def test_install_one_task_per_queue_succeeds_through_the_api_service(stack: Stac
 
 def test_install_one_master_two_replicas(stack: Stack) -> None:
     topology = ["master", "slave", "slave"]
-    assert wait_for(lambda: sorted(roles(stack).values()) == topology, 60), roles(stack)
+    wait_until(lambda: sorted(roles(stack).values()) == topology, 60, "one master, two replicas",
+               step=1, detail=lambda: str(roles(stack)))  # fmt: skip
     master = master_pod(stack)
     assert roles(stack)[master.name] == "master"
 
@@ -241,13 +237,14 @@ class Producer:
 
 def wait_promotion(stack: Stack, old: str, since: float, timeout: float = 90) -> float | None:
     """Seconds from `since` until a sentinel names a master other than pod `old`."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def promoted() -> bool:
         host = master_host(stack)
-        if host and host.split(".")[0] != old:
-            return round(time.time() - since, 1)
-        time.sleep(0.5)
-    return None
+        return bool(host) and host.split(".")[0] != old
+
+    if not holds_within(promoted, timeout, f"a master other than {old}", step=0.5):
+        return None
+    return round(time.time() - since, 1)
 
 
 def healthy_topology(stack: Stack) -> bool:
@@ -261,7 +258,8 @@ def healthy_topology(stack: Stack) -> bool:
 
 def test_failover_killed_master_pod_loses_and_duplicates_nothing(stack: Stack) -> None:
     cluster = stack.cluster
-    assert wait_for(lambda: healthy_topology(stack), 120), roles(stack)
+    wait_until(lambda: healthy_topology(stack), 120, "three Redis pods ready, one master",
+               step=1, detail=lambda: str(roles(stack)))  # fmt: skip
     victim = master_pod(stack).name
     node_down_s = 20  # past down-after-milliseconds (5 s): the sentinels must fail over
     with Producer(stack, "failover") as producer:
@@ -275,7 +273,7 @@ def test_failover_killed_master_pod_loses_and_duplicates_nothing(stack: Stack) -
     # Tasks flow again: the first task sent after every process of the pod was dead.
     dead_at = next(at for at, who, text in cluster.events if (who, text) == (victim, "killed"))
     figures = producer.outcome(dead_at)
-    back = wait_for(lambda: healthy_topology(stack), 180)
+    back = holds_within(lambda: healthy_topology(stack), 180, "back as a replica")
     figures.update(
         killed=victim,
         promotion_s=promoted_s,
@@ -298,7 +296,8 @@ def test_failover_killed_master_pod_loses_and_duplicates_nothing(stack: Stack) -
 
 def test_drain_master_pod_hands_over_before_it_stops(stack: Stack) -> None:
     cluster = stack.cluster
-    assert wait_for(lambda: healthy_topology(stack), 180), roles(stack)
+    wait_until(lambda: healthy_topology(stack), 180, "three Redis pods ready, one master",
+               step=1, detail=lambda: str(roles(stack)))  # fmt: skip
     drained = master_pod(stack)
     victim = drained.name
     with Producer(stack, "drain") as producer:
@@ -317,7 +316,7 @@ def test_drain_master_pod_hands_over_before_it_stops(stack: Stack) -> None:
     ]
     hook_done = next((at for at, text in events if text == "redis: preStop hook done"), None)
     stopped = next((at for at, text in events if text.startswith("redis: stop signal")), None)
-    back = wait_for(lambda: healthy_topology(stack), 180)
+    back = holds_within(lambda: healthy_topology(stack), 180, "back as a replica")
     redis_log = next(c for c in drained.containers if c.spec["name"] == "redis").previous_logs
     handed_over = [line for line in redis_log.splitlines() if "handed over to" in line]
     figures.update(
@@ -357,7 +356,7 @@ def test_rolling_a_worker_deployment_loses_no_running_task(stack: Stack) -> None
         def state() -> str:
             return str(client.get(f"/api/v1/tasks/{task_id}").json()["state"])
 
-        assert wait_for(lambda: state() == "STARTED", 60), state()
+        wait_until(lambda: state() == "STARTED", 60, "the task started", step=1, detail=state)
         rolled_at = time.time()
         (new,) = cluster.rollout_restart(name, timeout=300)
         cluster.wait(lambda: old.phase == "Deleted", 420, f"{old.name} gone")
@@ -423,3 +422,4 @@ def test_recreating_the_beat_pod_keeps_the_schedule_without_doubled_runs(stack: 
     assert old_runs >= 2, figures
     assert len(new_sends) >= 2, figures  # the schedule continues under the new pod
     assert min(gaps) >= tick / 2, figures  # no run doubled
+
