@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from {{ cookiecutter.package_name }}.settings import Settings
 from tests.harness.chart import (
@@ -732,6 +733,75 @@ def test_app_pods_and_the_database_read_their_secrets_as_files() -> None:
 {%- if cookiecutter.use_flower == "yes" %}
     assert "FLOWER_PASSWORD_FILE" in checked
 {%- endif %}
+
+
+# What each app process reads from /run/secrets (settings.py requires of a PROCESS_KIND in
+# production exactly its own; the API's keys file aside).
+REDIS_CLIENT_SECRETS = {"REDIS_PASSWORD", "REDIS_SENTINEL_PASSWORD"}
+SECRETS_OF_KIND = {
+    "api": {*REDIS_CLIENT_SECRETS, "DATABASE_URL", "API_KEYS"},
+    "worker": {*REDIS_CLIENT_SECRETS, "DATABASE_URL"},
+    "beat": {*REDIS_CLIENT_SECRETS, "DATABASE_URL"},
+{%- if cookiecutter.use_flower == "yes" %}
+    "flower": {*REDIS_CLIENT_SECRETS, "FLOWER_PASSWORD"},
+{%- endif %}
+    "migrate": {"DATABASE_URL"},
+}
+
+
+def secret_files(workload: Obj, container: Obj) -> dict[str, tuple[str, str]]:
+    """Setting -> (Secret, key) of every <NAME>_FILE under /run/secrets of a container."""
+    return {
+        entry["name"].removesuffix("_FILE"): file_source(workload, container, entry["value"])
+        for entry in container.get("env", [])
+        if entry["name"].endswith("_FILE") and entry.get("value", "").startswith("/run/secrets/")
+    }
+
+
+def projected_items(workload: Obj) -> set[tuple[str, str]]:
+    """(Secret, key) of every item of the pod's projected secret volumes."""
+    return {
+        (source["secret"]["name"], item["key"])
+        for volume in pod_spec(workload).get("volumes", [])
+        for source in volume.get("projected", {}).get("sources", [])
+        if "secret" in source
+        for item in source["secret"].get("items", [])
+    }
+
+
+def test_each_pod_kind_has_its_process_kind_and_only_its_own_secret_files() -> None:
+    """Every app container (the wait-for-migrations init containers included) names its
+    PROCESS_KIND and reads exactly that kind's secrets; its pod mounts no other; and the
+    production settings of that kind start from exactly those."""
+    seen = set()
+    for workload in workloads(render()):
+        spec = pod_spec(workload)
+        read: set[tuple[str, str]] = set()
+        for container in [*spec.get("initContainers", []), *spec["containers"]]:
+            kind = env_of(container).get("PROCESS_KIND", {}).get("value")
+            files = secret_files(workload, container)
+            read |= set(files.values())
+            where = f"{workload['metadata']['name']}/{container['name']}"
+            if kind is None:
+                assert not files, f"{where}: secret files without a PROCESS_KIND"
+                continue
+            expected = component_of(workload) if container in spec["containers"] else "migrate"
+            assert kind == expected, where
+            assert set(files) == SECRETS_OF_KIND[kind], where
+            given: dict[str, Any] = {n.lower(): f"{n.lower()}-a-strong-value" for n in files}
+            given.pop("api_keys", None)
+            if "database_url" in given:
+                given["database_url"] = "postgresql+psycopg://app:a-strong-value@db/app"
+            for name in ("redis_password", "redis_sentinel_password", "flower_password"):
+                given.setdefault(name, "")
+            try:
+                Settings(environment="production", process_kind=kind, **given)
+            except ValidationError as refused:
+                pytest.fail(f"{where} would not start in production: {refused}")
+            seen.add(kind)
+        # The pod's projected secret volume holds what its containers read, nothing more.
+        assert projected_items(workload) <= read, workload["metadata"]["name"]
+    assert seen == set(SECRETS_OF_KIND)
 
 
 def test_existing_secrets_replace_the_generated_ones() -> None:
