@@ -33,9 +33,8 @@ Known differences: a Service's alias resolves to every running pod it selects, r
 not (aliases are fixed when a pod's network is created); while none of its pods runs, a
 ClusterIP Service's name is held by a placeholder that refuses connections, as a virtual
 IP without endpoints does; ports are not remapped (a Service whose port differs from its
-targetPort is refused). Kinds it does not run
-(Ingress, HPA, KEDA ScaledObject, NetworkPolicy, PDB, ServiceMonitor, ServiceAccount, ...)
-are listed in `Cluster.skipped`, by kind, and never acted on.
+targetPort is refused). Kinds it does not run (Ingress, HPA, KEDA ScaledObject,
+NetworkPolicy, PDB, ServiceMonitor, ...) are listed in `Cluster.skipped`, never acted on.
 """
 
 from __future__ import annotations
@@ -57,10 +56,13 @@ from typing import Any
 
 import httpx
 
+from tests.harness.waiting import wait_until
+
 Obj = dict[str, Any]
 
 RUN_KINDS = ("Deployment", "StatefulSet", "Job")
 DATA_KINDS = ("ConfigMap", "Secret", "Service")
+FILE_VOLUMES = ("configMap", "secret", "projected")
 LABEL = "io.podrunner.stack"
 CRASH_BACKOFF = (10, 20, 40, 80, 160, 300)
 # `kubectl port-forward service/NAME` for the tests on the host: a relay on the network
@@ -71,22 +73,15 @@ host, port = sys.argv[1], int(sys.argv[2])
 async def pipe(reader, writer):
     try:
         while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-    except OSError:
-        pass
-    finally:
-        writer.close()
+            writer.write(data); await writer.drain()
+    except OSError: pass
+    finally: writer.close()
 async def handle(reader, writer):
-    try:
-        upstream_reader, upstream_writer = await asyncio.open_connection(host, port)
-    except OSError:
-        writer.close()
-        return
+    try: upstream_reader, upstream_writer = await asyncio.open_connection(host, port)
+    except OSError: return writer.close()
     await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer))
 async def main():
-    server = await asyncio.start_server(handle, "0.0.0.0", port)
-    await server.serve_forever()
+    await (await asyncio.start_server(handle, "0.0.0.0", port)).serve_forever()
 asyncio.run(main())
 """
 
@@ -127,10 +122,19 @@ def expand(text: str, env: Mapping[str, str]) -> str:
     return re.sub(r"\$\$\(([A-Za-z_]\w*)\)|\$\(([A-Za-z_]\w*)\)", one, text)
 
 
-def dns_names(name: str, namespace: str) -> list[str]:
-    """A Service's (or a pod's) names as the cluster's DNS answers them."""
+def parallel(*calls: Callable[[], object]) -> None:
+    """Run the calls each in its own thread and wait for all of them."""
+    threads = [threading.Thread(target=call) for call in calls]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+def alias_options(names: Iterable[str], namespace: str) -> list[str]:
+    """`--network-alias` options for Service (or pod) names as the cluster's DNS answers them."""
     suffixes = ("", f".{namespace}", f".{namespace}.svc", f".{namespace}.svc.cluster.local")
-    return [name + suffix for suffix in suffixes]
+    return [o for name in names for s in suffixes for o in ("--network-alias", name + s)]
 
 
 class Container:
@@ -139,11 +143,8 @@ class Container:
     def __init__(self, pod: Pod, spec: Obj, init: bool) -> None:
         self.pod, self.spec, self.init = pod, spec, init
         self.name = f"{pod.cluster.prefix}-{pod.name}-{spec['name']}"
-        self.generation = 0
-        self.restarts = 0
-        self.running = False
-        self.started = False
-        self.ready = False
+        self.generation = self.restarts = 0
+        self.running = self.started = self.ready = False
         self.exit_code: int | None = None
         self.restart_reason: str | None = None
         self.previous_logs = ""
@@ -190,6 +191,10 @@ class Pod:
 
     def __repr__(self) -> str:
         return f"<Pod {self.name} {self.phase}{' ready' if self.ready else ''}>"
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in [*self.inits, *self.containers]]
 
     @property
     def security(self) -> Obj:
@@ -248,7 +253,7 @@ class Pod:
                 cluster.volume_create(docker_name, self._tmpfs_options(volume["emptyDir"]))
                 self.temporary.append(docker_name)
                 mounts += ["--mount", f"type=volume,src={docker_name},dst=/podrunner/{name}"]
-            elif any(key in volume for key in ("configMap", "secret", "projected")):
+            elif any(key in volume for key in FILE_VOLUMES):
                 cluster.volume_create(docker_name)
                 self.temporary.append(docker_name)
                 self._fill(docker_name, self._files(volume))
@@ -260,13 +265,8 @@ class Pod:
             claim_name = f"{claim['metadata']['name']}-{self.name}"
             self.volumes[claim["metadata"]["name"]] = cluster.claim(claim_name, self.security)
         cluster.release_names(self)
-        aliases = [a for alias in self.cluster.aliases(self) for a in ("--network-alias", alias)]
-        docker(
-            "run", "--detach", "--pull", "never", "--name", self.infra,
-            "--label", f"{LABEL}={cluster.prefix}", "--hostname", self.name,
-            "--network", cluster.network, *aliases, *mounts,
-            "--entrypoint", "sleep", cluster.pause_image, "infinity",
-        )  # fmt: skip
+        aliases = cluster.aliases(self)
+        cluster.run_on_network(self.infra, "--hostname", self.name, *aliases, *mounts)
         inspected = json.loads(docker("inspect", self.infra).stdout)[0]
         self.ip = inspected["NetworkSettings"]["Networks"][cluster.network]["IPAddress"]
         self.event(f"network ready, ip {self.ip}")
@@ -293,11 +293,7 @@ class Pod:
             if kind not in ("configMap", "secret"):
                 raise Unsupported(f"{self.name}: projected source {kind}")
             name = ref.get("name") or ref.get("secretName")
-            data = self.cluster.data("Secret" if kind == "secret" else "ConfigMap", name)
-            if data is None:
-                if ref.get("optional"):
-                    continue
-                raise LookupError(f"{kind} {name} not found")
+            data = self.cluster.lookup(kind, name, ref.get("optional"))
             items = ref.get("items") or [{"key": key, "path": key} for key in data]
             for item in items:
                 mode = int(item.get("mode", ref.get("defaultMode", default)))
@@ -316,7 +312,7 @@ class Pod:
                 info.mtime = int(time.time())
                 archive.addfile(info, io.BytesIO(content))
         helper = f"{volume}-fill"
-        docker("create", "--label", f"{LABEL}={self.cluster.prefix}", "--name", helper,
+        docker("create", "--label", self.cluster.label, "--name", helper,
                "-v", f"{volume}:/v", self.cluster.pause_image, "true")  # fmt: skip
         try:
             # Without --archive: the tar's own uid/gid and modes are kept.
@@ -330,10 +326,7 @@ class Pod:
         for source in spec.get("envFrom", []):
             kind = "ConfigMap" if "configMapRef" in source else "Secret"
             ref = source.get("configMapRef") or source.get("secretRef") or {}
-            data = cluster.data(kind, ref["name"])
-            if data is None and not ref.get("optional"):
-                raise LookupError(f"{kind} {ref['name']} not found")
-            for key, value in (data or {}).items():
+            for key, value in cluster.lookup(kind, ref["name"], ref.get("optional")).items():
                 env[source.get("prefix", "") + key] = value.decode()
         for item in spec.get("env", []):
             if "valueFrom" not in item:
@@ -341,14 +334,11 @@ class Pod:
                 continue
             (kind, ref), *_ = item["valueFrom"].items()
             if kind in ("secretKeyRef", "configMapKeyRef"):
-                data = cluster.data(
-                    "Secret" if kind == "secretKeyRef" else "ConfigMap", ref["name"]
-                )
-                if data is None or ref["key"] not in data:
-                    if ref.get("optional"):
-                        continue
+                data = cluster.lookup(kind.removesuffix("KeyRef"), ref["name"], ref.get("optional"))
+                if ref["key"] in data:
+                    env[item["name"]] = data[ref["key"]].decode()
+                elif not ref.get("optional"):
                     raise LookupError(f"{kind} {ref['name']}/{ref['key']} not found")
-                env[item["name"]] = data[ref["key"]].decode()
             elif kind == "fieldRef":
                 env[item["name"]] = self._field(ref["fieldPath"])
             else:
@@ -372,13 +362,37 @@ class Pod:
         raise Unsupported(f"{self.name}: downward API field {path}")
 
     def _docker_args(self, container: Container) -> list[str]:
-        spec, pod_security = container.spec, self.security
-        security = {**pod_security, **(spec.get("securityContext") or {})}
-        env = self._env(spec)
-        args = ["--name", container.name, "--label", f"{LABEL}={self.cluster.prefix}",
+        """`docker run` options, image and command of a container (env and mounts included)."""
+        spec, env = container.spec, self._env(container.spec)
+        args = ["--name", container.name, "--label", self.cluster.label,
                 "--network", f"container:{self.infra}", "--pull", "never"]  # fmt: skip
-        for key, value in env.items():
-            args += ["--env", f"{key}={value}"]
+        args += [f"--env={key}={value}" for key, value in env.items()]
+        args += self._security_args(container)
+        limits = (spec.get("resources") or {}).get("limits") or {}
+        if "memory" in limits:
+            args += ["--memory", str(int(quantity(limits["memory"])))]
+        if "cpu" in limits:
+            args += ["--cpus", f"{quantity(limits['cpu']):.3f}"]
+        for mount in spec.get("volumeMounts", []):
+            if mount.get("subPath") or mount.get("subPathExpr"):
+                raise Unsupported(f"{container.name}: subPath mounts")
+            read_only = mount.get("readOnly") or self._always_read_only(mount["name"])
+            # volume-nocopy: Kubernetes never copies the image's files into a volume.
+            options = ",volume-nocopy" + (",readonly" if read_only else "")
+            source = self.volumes[mount["name"]]
+            args += ["--mount", f"type=volume,src={source},dst={mount['mountPath']}{options}"]
+        if "workingDir" in spec:
+            args += ["--workdir", spec["workingDir"]]
+        command = [expand(str(part), env) for part in spec.get("command", [])]
+        rest = [expand(str(part), env) for part in spec.get("args", [])]
+        if command:
+            return [*args, "--entrypoint", command[0], spec["image"], *command[1:], *rest]
+        return [*args, spec["image"], *rest]
+
+    def _security_args(self, container: Container) -> list[str]:
+        """The pod's and the container's security context as `docker run` options."""
+        pod_security, args = self.security, list[str]()
+        security = {**pod_security, **(container.spec.get("securityContext") or {})}
         if "runAsUser" in security:
             user = str(security["runAsUser"])
             if "runAsGroup" in security:
@@ -398,39 +412,17 @@ class Pod:
         capabilities = security.get("capabilities") or {}
         args += [f"--cap-drop={cap}" for cap in capabilities.get("drop", [])]
         args += [f"--cap-add={cap}" for cap in capabilities.get("add", [])]
-        limits = (spec.get("resources") or {}).get("limits") or {}
-        if "memory" in limits:
-            args += ["--memory", str(int(quantity(limits["memory"])))]
-        if "cpu" in limits:
-            args += ["--cpus", f"{quantity(limits['cpu']):.3f}"]
-        for mount in spec.get("volumeMounts", []):
-            if mount.get("subPath") or mount.get("subPathExpr"):
-                raise Unsupported(f"{container.name}: subPath mounts")
-            read_only = mount.get("readOnly") or self._always_read_only(mount["name"])
-            # volume-nocopy: Kubernetes never copies the image's files into a volume.
-            options = ",volume-nocopy" + (",readonly" if read_only else "")
-            source = self.volumes[mount["name"]]
-            args += ["--mount", f"type=volume,src={source},dst={mount['mountPath']}{options}"]
-        if "workingDir" in spec:
-            args += ["--workdir", spec["workingDir"]]
-        command = [expand(str(part), env) for part in spec.get("command", [])]
-        rest = [expand(str(part), env) for part in spec.get("args", [])]
-        if command:
-            args += ["--entrypoint", command[0], spec["image"], *command[1:], *rest]
-        else:
-            args += [spec["image"], *rest]
         return args
 
     def _always_read_only(self, volume_name: str) -> bool:
         for volume in self.spec.get("volumes", []):
             if volume["name"] == volume_name:
-                return any(key in volume for key in ("configMap", "secret", "projected"))
+                return any(key in volume for key in FILE_VOLUMES)
         return False
 
     def _run_to_completion(self, container: Container) -> bool:
-        docker("rm", "-f", container.name, check=False)
+        self._start(container)
         self.event(f"init {container.spec['name']} started")
-        docker("run", "--detach", *self._docker_args(container))
         waited = docker("wait", container.name, timeout=24 * 3600)
         container.exit_code = int(waited.stdout.decode().strip() or -1)
         container.previous_logs = self.cluster.logs(container.name)
@@ -440,9 +432,12 @@ class Pod:
             container.restarts += 1
         return container.exit_code == 0
 
-    def _create(self, container: Container) -> None:
+    def _start(self, container: Container) -> None:
         docker("rm", "-f", container.name, check=False)
         docker("run", "--detach", *self._docker_args(container))
+
+    def _create(self, container: Container) -> None:
+        self._start(container)
         container.generation += 1
         container.running, container.started, container.ready = True, False, False
         container.exit_code, container.restart_reason = None, None
@@ -531,23 +526,15 @@ class Pod:
         self.stopping.set()
         self.event("terminating")
         seconds = self.grace if grace is None else grace
-        threads = [
-            threading.Thread(target=self._stop_container, args=(container, seconds))
-            for container in self.containers
-            if container.running
-        ]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        running = [c for c in self.containers if c.running]
+        parallel(*(lambda c=c: self._stop_container(c, seconds) for c in running))
         self._remove()
 
     def kill(self) -> None:
         """Force deletion: SIGKILL everything, no hook, no grace (a node crash)."""
         self.deleting = True
         self.stopping.set()
-        names = [c.name for c in [*self.inits, *self.containers]]
-        docker("kill", *names, self.infra, check=False)
+        docker("kill", *self.names, self.infra, check=False)
         self.event("killed")
         for container in self.containers:
             container.running = container.ready = False
@@ -557,8 +544,7 @@ class Pod:
         self.thread.join(timeout=30)
         for container in self.containers:  # init containers' logs were kept as they ended
             container.previous_logs = self.cluster.logs(container.name, tail=2000)
-        names = [c.name for c in [*self.inits, *self.containers]]
-        docker("rm", "-f", *names, self.infra, check=False)
+        docker("rm", "-f", *self.names, self.infra, check=False)
         self.cluster.hold_names(self)
         if self.temporary:
             docker("volume", "rm", "-f", *self.temporary, check=False)
@@ -726,6 +712,7 @@ class Cluster:
         self.namespace, self.pause_image = namespace, pause_image
         self.prefix = prefix or f"pods{secrets.token_hex(3)}"
         self.network = f"{self.prefix}-net"
+        self.label = f"{LABEL}={self.prefix}"
         self.log = log
         self.objects = list(objects)
         self.events: list[tuple[float, str, str]] = []
@@ -746,6 +733,14 @@ class Cluster:
     def of_kind(self, kind: str) -> list[Obj]:
         return [obj for obj in self.objects if obj["kind"] == kind]
 
+    def lookup(self, kind: str, name: str, optional: Any = False) -> dict[str, bytes]:
+        """A Secret's or ConfigMap's data ({} for a missing optional one)."""
+        kind = {"secret": "Secret", "configMap": "ConfigMap"}.get(kind, kind)
+        data = self.data(kind, name)
+        if data is None and not optional:
+            raise LookupError(f"{kind} {name} not found")
+        return data or {}
+
     def data(self, kind: str, name: str) -> dict[str, bytes] | None:
         for obj in self.of_kind(kind):
             if obj["metadata"]["name"] == name:
@@ -761,24 +756,17 @@ class Cluster:
         return None
 
     def services_of(self, labels: Mapping[str, str]) -> list[Obj]:
-        chosen = []
-        for service in self.of_kind("Service"):
-            selector = service["spec"].get("selector") or {}
-            if selector and all(labels.get(k) == v for k, v in selector.items()):
-                chosen.append(service)
-        return chosen
+        selectors = ((svc, svc["spec"].get("selector") or {}) for svc in self.of_kind("Service"))
+        return [svc for svc, sel in selectors if sel and sel.items() <= labels.items()]
 
     def aliases(self, pod: Pod) -> list[str]:
-        names = [svc["metadata"]["name"] for svc in self.services_of(pod.labels)]
-        subdomain = pod.subdomain
-        headless = {
-            svc["metadata"]["name"]
-            for svc in self.services_of(pod.labels)
-            if svc["spec"].get("clusterIP") == "None"
-        }
-        if subdomain in headless:
-            names.append(f"{pod.name}.{subdomain}")
-        return [alias for name in names for alias in dns_names(name, self.namespace)]
+        """`--network-alias` options: the names of the pod's Services (and of the pod itself
+        under its StatefulSet's headless Service)."""
+        services = self.services_of(pod.labels)
+        names = [svc["metadata"]["name"] for svc in services]
+        if pod.subdomain in set(names) - set(self._virtual(pod.labels)):
+            names.append(f"{pod.name}.{pod.subdomain}")
+        return alias_options(names, self.namespace)
 
     def _virtual(self, labels: Mapping[str, str]) -> list[str]:
         """The ClusterIP (not headless) Services selecting these labels."""
@@ -793,12 +781,8 @@ class Cluster:
         for name in self._virtual(gone.labels):
             if any(name in self._virtual(pod.labels) for pod in running):
                 continue
-            aliases = [
-                a for alias in dns_names(name, self.namespace) for a in ("--network-alias", alias)
-            ]
-            docker("run", "--detach", "--pull", "never", "--name", f"{self.prefix}-hold-{name}",
-                   "--label", f"{LABEL}={self.prefix}", "--network", self.network, *aliases,
-                   "--entrypoint", "sleep", self.pause_image, "infinity", check=False)  # fmt: skip
+            aliases = alias_options([name], self.namespace)
+            self.run_on_network(f"{self.prefix}-hold-{name}", *aliases, check=False)
 
     def release_names(self, pod: Pod) -> None:
         """A pod of the Service starts: its placeholder goes."""
@@ -807,25 +791,23 @@ class Cluster:
             docker("rm", "-f", *holders, check=False)
 
     def _check_service_ports(self) -> None:
-        for service in self.of_kind("Service"):
-            for workload in self.workloads.values():
-                labels = workload.template.get("metadata", {}).get("labels") or {}
-                if service not in self.services_of(labels):
-                    continue
-                containers = workload.template["spec"]["containers"]
+        """Refuse a Service whose port is not its pods' port: aliases cannot remap ports."""
+        for workload in self.workloads.values():
+            labels = workload.template.get("metadata", {}).get("labels") or {}
+            declared = [
+                p for c in workload.template["spec"]["containers"] for p in c.get("ports", [])
+            ]
+            for service in self.services_of(labels):
                 for port in service["spec"].get("ports", []):
                     target = port.get("targetPort", port["port"])
                     numbers = {
                         int(p["containerPort"])
-                        for c in containers
-                        for p in c.get("ports", [])
-                        if p.get("name") == target or p["containerPort"] == target
+                        for p in declared
+                        if target in (p.get("name"), p["containerPort"])
                     }
                     if numbers and numbers != {int(port["port"])}:
-                        raise Unsupported(
-                            f"Service {service['metadata']['name']} maps port {port['port']}"
-                            f" to {numbers}: network aliases cannot remap ports"
-                        )
+                        name, number = service["metadata"]["name"], port["port"]
+                        raise Unsupported(f"Service {name} maps {number} to {numbers}")
 
     # -- running ---------------------------------------------------------------------------
     def record(self, who: str, text: str) -> None:
@@ -848,15 +830,29 @@ class Cluster:
         """A /24 of 172.31.0.0/16 no other network uses (retried on overlap)."""
         for _ in range(40):
             subnet = f"172.31.{secrets.randbelow(200) + 40}.0/24"
-            made = docker("network", "create", "--label", f"{LABEL}={self.prefix}",
+            made = docker("network", "create", "--label", self.label,
                           "--subnet", subnet, self.network, check=False)  # fmt: skip
             if made.returncode == 0:
                 self.record("cluster", f"network {self.network} {subnet}")
                 return
         raise RuntimeError(f"no free subnet: {made.stderr.decode(errors='replace')}")
 
+    def run_on_network(
+        self,
+        name: str,
+        *options: str,
+        command: Iterable[str] = ("sleep", "infinity"),
+        check: bool = True,
+    ) -> subprocess.CompletedProcess[bytes]:
+        """A container of the pause image on the cluster's network (a pod's infra container,
+        a name holder, a relay)."""
+        entrypoint, *args = command
+        return docker("run", "--detach", "--pull", "never", "--name", name, "--label", self.label,
+                      "--network", self.network, *options, "--entrypoint", entrypoint,
+                      self.pause_image, *args, check=check)  # fmt: skip
+
     def volume_create(self, name: str, options: list[str] | None = None) -> None:
-        docker("volume", "create", "--label", f"{LABEL}={self.prefix}", *(options or []), name)
+        docker("volume", "create", "--label", self.label, *(options or []), name)
 
     def claim(self, name: str, security: Mapping[str, Any] | None = None) -> str:
         """The docker volume of a PersistentVolumeClaim: made once, kept across pods."""
@@ -903,28 +899,22 @@ class Cluster:
         return (done.stdout + done.stderr).decode(errors="replace")
 
     def wait(self, condition: Callable[[], bool], timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while not condition():
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"not within {timeout:.0f} s: {what}\n{self.describe()}")
-            time.sleep(0.5)
+        wait_until(condition, timeout, what, step=0.5, detail=self.describe)
 
     def describe(self) -> str:
+        """A line a live pod: its phase, each container's name:R(unning) or X(exited),
+        + ready or - not, and its restarts."""
         lines = []
-        for workload in self.workloads.values():
-            for pod in workload.live():
-                states = [
-                    f"{c.spec['name']}:{'R' if c.running else 'X'}{'+' if c.ready else '-'}"
-                    f"x{c.restarts}"
-                    for c in pod.containers
-                ]
-                lines.append(f"  {pod.name} {pod.phase} {pod.message} {' '.join(states)}")
+        for pod in (p for w in self.workloads.values() for p in w.live()):
+            states = " ".join(
+                f"{c.spec['name']}:{'R' if c.running else 'X'}{'+' if c.ready else '-'}"
+                f"x{c.restarts}"
+                for c in pod.containers
+            )
+            lines.append(f"  {pod.name} {pod.phase} {pod.message} {states}")
         return "\n".join(lines)
 
     # -- what tests ask for ----------------------------------------------------------------
-    def workload(self, name: str) -> Workload:
-        return self.workloads[name]
-
     def pods(self, workload: str) -> list[Pod]:
         return self.workloads[workload].live()
 
@@ -938,14 +928,9 @@ class Cluster:
     def wait_ready(
         self, timeout: float, kinds: tuple[str, ...] = ("Deployment", "StatefulSet")
     ) -> None:
-        def all_ready() -> bool:
-            return all(
-                len([p for p in w.live() if p.ready]) >= w.replicas
-                for w in self.workloads.values()
-                if w.kind in kinds
-            )
-
-        self.wait(all_ready, timeout, "every workload ready")
+        chosen = [w for w in self.workloads.values() if w.kind in kinds]
+        self.wait(lambda: all(sum(p.ready for p in w.live()) >= w.replicas for w in chosen),
+                  timeout, "every workload ready")  # fmt: skip
 
     def wait_complete(self, job: str, timeout: float) -> None:
         workload = self.workloads[job]
@@ -984,11 +969,7 @@ class Cluster:
         strategy = workload.obj["spec"].get("strategy") or {}
         self.record(name, f"rollout to {revision} ({strategy.get('type', 'RollingUpdate')})")
         if strategy.get("type") == "Recreate":
-            stopping = [threading.Thread(target=pod.delete) for pod in old]
-            for thread in stopping:
-                thread.start()
-            for thread in stopping:
-                thread.join()
+            parallel(*(pod.delete for pod in old))
             new = [workload.new_pod() for _ in range(workload.replicas)]
         else:
             new = self._rolling(workload, old, strategy.get("rollingUpdate") or {}, timeout)
@@ -1029,10 +1010,8 @@ class Cluster:
     def port_forward(self, service: str, port: int) -> int:
         """A loopback port on the host relayed to `service:port` on the network."""
         name = f"{self.prefix}-forward-{service}-{port}"
-        docker("run", "--detach", "--pull", "never", "--name", name,
-               "--label", f"{LABEL}={self.prefix}", "--network", self.network,
-               "--publish", f"127.0.0.1::{port}", "--entrypoint", "python3",
-               self.pause_image, "-c", RELAY, service, str(port))  # fmt: skip
+        self.run_on_network(name, "--publish", f"127.0.0.1::{port}",
+                            command=("python3", "-c", RELAY, service, str(port)))  # fmt: skip
         published = docker("port", name, f"{port}/tcp").stdout.decode().split()[0]
         self.record("cluster", f"port-forward {published} -> {service}:{port}")
         return int(published.rsplit(":", 1)[1])
@@ -1056,20 +1035,16 @@ class Cluster:
         for workload in self.workloads.values():
             for pod in workload.pods:
                 pod.stopping.set()
-        label = f"label={LABEL}={self.prefix}"
-        containers = docker("ps", "--all", "--quiet", "--filter", label, check=False)
-        ids = containers.stdout.decode().split()
-        if ids:
-            docker("rm", "--force", "--volumes", *ids, check=False, timeout=300)
-        volumes = docker("volume", "ls", "--quiet", "--filter", label, check=False)
-        if volumes.stdout.split():
-            docker("volume", "rm", "--force", *volumes.stdout.decode().split(), check=False)
+        for listing, removal in (("ps", ["rm", "--volumes"]), ("volume", ["volume", "rm"])):
+            if ids := self._labelled(listing):
+                docker(*removal, "--force", *ids, check=False, timeout=300)
         docker("network", "rm", self.network, check=False)
 
+    def _labelled(self, what: str) -> list[str]:
+        """Ids of this cluster's containers (ps), volumes or networks."""
+        listing = ["ps", "--all"] if what == "ps" else [what, "ls"]
+        listed = docker(*listing, "--quiet", "--filter", f"label={self.label}", check=False)
+        return listed.stdout.decode().split()
+
     def leftovers(self) -> list[str]:
-        label = f"label={LABEL}={self.prefix}"
-        found = []
-        for kind in (["ps", "--all"], ["volume", "ls"], ["network", "ls"]):
-            listed = docker(*kind, "--quiet", "--filter", label, check=False)
-            found += [f"{kind[0]} {item}" for item in listed.stdout.decode().split()]
-        return found
+        return [f"{what} {i}" for what in ("ps", "volume", "network") for i in self._labelled(what)]
