@@ -423,3 +423,25 @@ def test_recreating_the_beat_pod_keeps_the_schedule_without_doubled_runs(stack: 
     assert len(new_sends) >= 2, figures  # the schedule continues under the new pod
     assert min(gaps) >= tick / 2, figures  # no run doubled
 
+
+# --- after every scenario: no log holds a secret ------------------------------------------
+def test_no_container_logs_a_generated_secret(stack: Stack) -> None:
+    """The release's generated passwords appear in no container's log, failovers' and
+    restarts' tracebacks included (the celery-exporter's once showed its broker URL)."""
+    cluster = stack.cluster
+    values = {
+        value.decode()
+        for secret in cluster.of_kind("Secret")
+        for value in (cluster.data("Secret", secret["metadata"]["name"]) or {}).values()
+        if re.fullmatch(rb"[A-Za-z0-9_-]{16,}", value)
+    }
+    assert values
+    leaks = []
+    for workload in cluster.workloads.values():
+        for pod in workload.pods:
+            for container in [*pod.inits, *pod.containers]:
+                log = container.previous_logs
+                if pod.phase != "Deleted":
+                    log += cluster.logs(container.name, tail=100_000)
+                leaks += [container.name for value in values if value in log]
+    assert not leaks, sorted(set(leaks))
