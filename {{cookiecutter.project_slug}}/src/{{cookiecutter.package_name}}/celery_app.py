@@ -8,7 +8,7 @@ from celery import Celery
 
 from {{ cookiecutter.package_name }} import broker, worker_liveness
 from {{ cookiecutter.package_name }}.ledger import signals as ledger_signals
-from {{ cookiecutter.package_name }}.observability import signals, watchdog
+from {{ cookiecutter.package_name }}.observability import {% if cookiecutter.use_sentry == "yes" %}sentry, {% endif %}signals, watchdog
 from {{ cookiecutter.package_name }}.tasks.base import ReliableTask
 
 # R08: task modules are listed explicitly, so every task is registered at worker start.
@@ -32,3 +32,6 @@ signals.connect()
 ledger_signals.connect()
 watchdog.connect()
 worker_liveness.connect()
+{%- if cookiecutter.use_sentry == "yes" %}
+sentry.connect()
+{%- endif %}

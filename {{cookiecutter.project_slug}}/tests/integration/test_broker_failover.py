@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ import pytest
 from tests.harness.databases import Database
 from tests.harness.ports import port_is_open
 from tests.harness.probes import wait_until
-from tests.harness.redis import RedisDeployment, RedisSentinelCluster, StandaloneRedis
+from tests.harness.redis import Address, RedisDeployment, RedisSentinelCluster, StandaloneRedis
 from tests.harness.stack import Stack, package_name, venv_bin
 
 # One connection per transport consumes an auto-delete fanout queue (as the worker does its
@@ -87,8 +88,9 @@ def master_client(redis_deployment: RedisDeployment) -> Any:
     return redis_deployment.client()
 
 
-def start_probe(stack: Stack, snippet: str, cwd: Path) -> subprocess.Popen[str]:
-    """Run a probe snippet with the stack's settings; talk to it over stdin/stdout."""
+def run_probe(stack: Stack, snippet: str, cwd: Path, fault: Callable[[], None]) -> dict[str, Any]:
+    """Run a probe snippet with the stack's settings: once it is set up, inject `fault`,
+    tell it to go, and return the JSON outcome it prints ({} if it printed none)."""
     probe = subprocess.Popen(
         [str(venv_bin() / "python"), "-c", snippet.replace("PACKAGE", stack.package)],
         env=stack.env,
@@ -98,7 +100,20 @@ def start_probe(stack: Stack, snippet: str, cwd: Path) -> subprocess.Popen[str]:
         stderr=sys.stderr,
         text=True,
     )
-    return probe
+    assert probe.stdin is not None
+    assert probe.stdout is not None
+    try:
+        lines = iter(probe.stdout.readline, "")  # ends at EOF: a failed snippet
+        assert any(line.strip() == "ready" for line in lines), "the probe did not set up"
+        fault()
+        probe.stdin.write("go\n")
+        probe.stdin.flush()
+        answer = next((line for line in lines if line.startswith("{")), "{}")
+    finally:
+        probe.kill()
+        probe.wait()
+    outcome: dict[str, Any] = json.loads(answer)
+    return outcome
 
 
 @pytest.mark.reliability("R31")
@@ -109,21 +124,12 @@ def test_a_dropped_pubsub_connection_raises_instead_of_blocking_the_event_loop(
     reconnect inside redis-py's read succeeds at once here, as it does during a failover
     once a sentinel names the new master (seen when a dead sentinel slowed the retry)."""
     stack = Stack(redis=redis_deployment, database=database, workdir=tmp_path)  # not started
-    probe = start_probe(stack, PUBSUB_DROPPED, tmp_path)
-    assert probe.stdin is not None
-    assert probe.stdout is not None
-    try:
-        lines = iter(probe.stdout.readline, "")
-        assert any(line.strip() == "ready" for line in lines), "the probe did not set up"
+
+    def drop_pubsub_connections() -> None:
         with master_client(redis_deployment) as admin:
             assert admin.client_kill_filter(_type="pubsub") >= 2
-        probe.stdin.write("go\n")
-        probe.stdin.flush()
-        answer = next((line for line in lines if line.startswith("{")), "{}")
-    finally:
-        probe.kill()
-        probe.wait()
-    outcome = json.loads(answer)
+
+    outcome = run_probe(stack, PUBSUB_DROPPED, tmp_path, drop_pubsub_connections)
     # kombu's own channel with these options: blocked in the read (if this starts to fail,
     # kombu or redis-py resubscribes or times out now, and broker.py's pub/sub part can go).
     assert outcome["kombu"]["outcome"] == "blocked", outcome
@@ -216,27 +222,19 @@ def cleanup_after_failover(
     redis_cluster.wait_healthy(timeout=60)
     stack = Stack(redis=redis_cluster, database=database, workdir=workdir)  # not started
     snippet = CLEANUP_AFTER_FAILOVER.replace("WITH_GOSSIP", str(with_gossip))
-    probe = start_probe(stack, snippet, workdir)
-    assert probe.stdin is not None
-    assert probe.stdout is not None
-    old = None
-    try:
-        lines = iter(probe.stdout.readline, "")  # ends at EOF: a failed snippet
-        assert any(line.strip() == "ready" for line in lines), "the probe did not set up"
-        old = redis_cluster.kill_master()
-        host, port = old
+    killed: list[Address] = []
+
+    def kill_master() -> None:
+        killed.append(redis_cluster.kill_master())
+        host, port = killed[0]
         wait_until(lambda: not port_is_open(port, host), 10, "the killed master's port to close")
-        probe.stdin.write("go\n")
-        probe.stdin.flush()
-        answer = next((line for line in lines if line.startswith("{")), "{}")
+
+    try:
+        return run_probe(stack, snippet, workdir, kill_master)
     finally:
-        probe.kill()
-        probe.wait()
-        if old is not None:
+        for old in killed:
             redis_cluster.wait_for_failover(old, timeout=30)
             redis_cluster.restart_node(old)
-    outcome: dict[str, Any] = json.loads(answer)
-    return outcome
 
 
 # Two probes: the crash needs the task channel to be the first one the cleanup closes, as

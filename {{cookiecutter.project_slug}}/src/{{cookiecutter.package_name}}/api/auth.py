@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 import jwt
-from fastapi import HTTPException, Request, Security, status
+from fastapi import Depends, HTTPException, Security, status
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer, SecurityScopes
 
 from {{ cookiecutter.package_name }}.api.admission import RateLimit
+from {{ cookiecutter.package_name }}.api.deps import app_state
 from {{ cookiecutter.package_name }}.api.keys import KeyStore, Scope
 from {{ cookiecutter.package_name }}.api.metrics import AUTH_FAILURES
 from {{ cookiecutter.package_name }}.settings import Settings
@@ -128,14 +129,18 @@ class Authenticator:
         raise Refused(401, "missing", None, "an X-API-Key header or a bearer token is required")
 
 
+AuthenticatorDep = Annotated[Authenticator, Depends(app_state("authenticator"))]
+RateLimitDep = Annotated[RateLimit, Depends(app_state("rate_limit"))]
+
+
 def caller(
     scopes: SecurityScopes,
-    request: Request,
+    authenticator: AuthenticatorDep,
+    limit: RateLimitDep,
     key: Annotated[str | None, Security(API_KEY)],
     bearer: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)],
 ) -> Principal:
     """The route's dependency: authenticate, check its scopes, then the rate limit."""
-    authenticator: Authenticator = request.app.state.authenticator
     principal = authenticator.principal(key, bearer.credentials if bearer else None)
     missing = [scope for scope in scopes.scopes if scope not in principal.scopes]
     if missing:
@@ -145,7 +150,6 @@ def caller(
             principal.name,
             f"{principal.name} lacks scope {', '.join(missing)} for this operation",
         )
-    limit: RateLimit = request.app.state.rate_limit
     limit.admit(principal.name)
     return principal
 

@@ -13,14 +13,16 @@ from {{ cookiecutter.package_name }}.api.catalog import TaskCatalog
 from {{ cookiecutter.package_name }}.settings import Settings
 
 
-def _state(name: str) -> Callable[[Request], Any]:
+def app_state(name: str) -> Callable[[Request], Any]:
+    """A dependency that reads `app.state.<name>`."""
+
     def read(request: Request) -> Any:
         return getattr(request.app.state, name)
 
     return read
 
 
-CeleryDep = Annotated[Celery, Depends(_state("celery"))]
-CatalogDep = Annotated[TaskCatalog, Depends(_state("catalog"))]
-SettingsDep = Annotated[Settings, Depends(_state("settings"))]
-BacklogDep = Annotated[Backlog, Depends(_state("backlog"))]
+CeleryDep = Annotated[Celery, Depends(app_state("celery"))]
+CatalogDep = Annotated[TaskCatalog, Depends(app_state("catalog"))]
+SettingsDep = Annotated[Settings, Depends(app_state("settings"))]
+BacklogDep = Annotated[Backlog, Depends(app_state("backlog"))]

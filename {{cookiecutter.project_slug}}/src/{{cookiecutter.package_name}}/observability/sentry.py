@@ -22,7 +22,7 @@ from sentry_sdk.types import Event, Hint
 
 from {{ cookiecutter.package_name }}.observability.logging import request_id_var
 from {{ cookiecutter.package_name }}.observability.redact import SENSITIVE_KEY, redact
-from {{ cookiecutter.package_name }}.settings import Settings
+from {{ cookiecutter.package_name }}.settings import Settings, get_settings
 
 FILTERED = "[Filtered]"
 # Shorter secret values are not searched for in text: they would cut up ordinary words.
@@ -70,6 +70,22 @@ def init_sentry(settings: Settings, component: str) -> bool:
     sentry_sdk.set_tag("service", settings.service_name)
     signals.task_prerun.connect(_tag_task, weak=False)
     return True
+
+
+def connect() -> None:
+    """Initialise Sentry in each worker and beat process as it starts (no-op without a DSN)."""
+    signals.celeryd_init.connect(_init_worker, weak=False)
+    signals.beat_init.connect(_init_beat, weak=False)
+
+
+def _init_worker(**_: Any) -> None:
+    """R38: task failures and traces from workers."""
+    init_sentry(get_settings(), "worker")
+
+
+def _init_beat(**_: Any) -> None:
+    """R38: beat's check-ins and errors."""
+    init_sentry(get_settings(), "beat")
 
 
 def _tag_task(task: Any, args: Any = None, kwargs: Any = None, **_: Any) -> None:

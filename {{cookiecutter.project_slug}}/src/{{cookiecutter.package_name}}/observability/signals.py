@@ -1,4 +1,4 @@
-"""Celery signal handlers: logging setup, task timing and revocation logs (R39-R41{% if cookiecutter.use_sentry == "yes" %}, R38{% endif %})."""
+"""Celery signal handlers: logging setup, task timing and revocation logs (R39-R41)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,6 @@ from celery import signals
 
 from {{ cookiecutter.package_name }}.observability.logging import configure_logging
 from {{ cookiecutter.package_name }}.observability.redact import redact
-{%- if cookiecutter.use_sentry == "yes" %}
-from {{ cookiecutter.package_name }}.observability.sentry import init_sentry
-{%- endif %}
 from {{ cookiecutter.package_name }}.settings import get_settings
 
 logger = logging.getLogger(__name__)
@@ -65,27 +62,9 @@ def _on_revoked(request: Any, terminated: bool, signum: Any, expired: bool, **_:
     )
 
 
-{%- if cookiecutter.use_sentry == "yes" %}
-
-
-def _init_sentry_worker(**_: Any) -> None:
-    """R38: report task failures from workers (no-op without SENTRY_DSN)."""
-    init_sentry(get_settings(), "worker")
-
-
-def _init_sentry_beat(**_: Any) -> None:
-    """R38: beat check-ins and errors (no-op without SENTRY_DSN)."""
-    init_sentry(get_settings(), "beat")
-{%- endif %}
-
-
 def connect() -> None:
     """Attach every handler; called once by the Celery app module."""
     signals.setup_logging.connect(_setup_logging, weak=False)
     signals.task_prerun.connect(_on_prerun, weak=False)
     signals.task_postrun.connect(_on_postrun, weak=False)
     signals.task_revoked.connect(_on_revoked, weak=False)
-{%- if cookiecutter.use_sentry == "yes" %}
-    signals.celeryd_init.connect(_init_sentry_worker, weak=False)
-    signals.beat_init.connect(_init_sentry_beat, weak=False)
-{%- endif %}
