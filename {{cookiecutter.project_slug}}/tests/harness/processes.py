@@ -31,6 +31,7 @@ import psutil
 from tests.harness.waiting import wait_until
 
 _GONE = (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+RESTART_DELAY = 0.5  # seconds; see SupervisedProcess
 
 
 @dataclass(frozen=True)
@@ -200,7 +201,7 @@ class SupervisedProcess:
 
     restart=True behaves like `restart: always` of a container: when the process exits
     while not being stopped (crash, SIGKILL from a chaos test), whatever it left in its
-    process group is killed and the command starts again after `restart_delay` (doubling,
+    process group is killed and the command starts again after RESTART_DELAY (doubling,
     up to 5 s, while it keeps dying within 5 s of starting). `restarts` counts the starts
     after the first; `exit_codes` lists every exit (negative: killed by that signal).
     """
@@ -214,7 +215,6 @@ class SupervisedProcess:
         cwd: str | os.PathLike[str],
         log_dir: str | os.PathLike[str],
         restart: bool = True,
-        restart_delay: float = 0.5,
         stop_signal: int = signal.SIGTERM,
         stop_timeout: float = 15.0,
         user: str | None = None,
@@ -225,7 +225,6 @@ class SupervisedProcess:
         self.cwd = Path(cwd)
         self.log_path = Path(log_dir) / f"{name}.log"
         self.restart = restart
-        self.restart_delay = restart_delay
         self.stop_signal = stop_signal
         self.stop_timeout = stop_timeout
         self.user = user
@@ -526,7 +525,7 @@ class SupervisedProcess:
         )
 
     def _supervise(self) -> None:
-        delay = self.restart_delay / 2
+        delay = RESTART_DELAY / 2
         last_track = 0.0
         while not self._stopping.is_set():
             with self._lock:
@@ -541,7 +540,7 @@ class SupervisedProcess:
                     self._record_exit(proc)
                     self._kill_leftovers(grace=0)
                     lived = time.monotonic() - self._started_at
-                    delay = self.restart_delay if lived > 5 else min(delay * 2, 5.0)
+                    delay = RESTART_DELAY if lived > 5 else min(delay * 2, 5.0)
             if not exited or not self.restart or self._paused.is_set():
                 self._stopping.wait(0.05)
                 continue

@@ -42,6 +42,10 @@ USERS_ACL = REDIS_DEPLOY / "users.acl"
 ADMIN_USER, SENTINEL_ADMIN_USER = "admin", "peer"
 #: Sentinel's user on the Redis nodes, the replicas' user, the clients' user on Sentinel.
 SENTINEL_USER, REPLICA_USER, SENTINEL_CLIENT_USER = "sentinel", "replica", "client"
+#: The test cluster: a master, one replica, three sentinels with short timings; Redis nodes
+#: are not restarted automatically (chaos tests kill them and decide when they come back),
+#: sentinels are.
+REPLICAS, SENTINELS, DOWN_AFTER_MS, FAILOVER_TIMEOUT_MS = 1, 3, 1500, 10_000
 #: The component a process without its own user (probes, CLI snippets) runs as.
 DEFAULT_COMPONENT = "worker"
 
@@ -167,6 +171,7 @@ class _Server:
     where = "redis"  # the users.acl section of its users
     config_name = "redis.conf"
     extra_args: tuple[str, ...] = ()
+    restart = False  # a node's restarts are the chaos tests' to decide; a sentinel's are not
 
     def __init__(
         self,
@@ -175,8 +180,6 @@ class _Server:
         directory: Path,
         users: Users,
         lines: list[str],
-        *,
-        restart: bool,
         tls: Certificates | None,
     ) -> None:
         self.name = name
@@ -205,7 +208,7 @@ class _Server:
             env={"PATH": "/usr/bin:/bin"},
             cwd=directory,
             log_dir=directory.parent / "logs",
-            restart=restart,
+            restart=self.restart,
         )
 
     def __repr__(self) -> str:
@@ -235,7 +238,6 @@ class RedisNode(_Server):
         users: Users,
         *,
         replica_of: Address | None = None,
-        restart: bool = False,
         tls: Certificates | None = None,
     ) -> None:
         lines = [
@@ -253,7 +255,7 @@ class RedisNode(_Server):
         ]
         if replica_of is not None:
             lines.append(f"replicaof {replica_of[0]} {replica_of[1]}")
-        super().__init__(name, port, directory, users, lines, restart=restart, tls=tls)
+        super().__init__(name, port, directory, users, lines, tls)
 
     def client(self, user: str = ADMIN_USER, **options: Any) -> redis_py.Redis:
         """A client as `user` (the operators' admin by default); replies are bytes (redis-py's
@@ -282,35 +284,31 @@ class SentinelNode(_Server):
     where = "sentinel"
     config_name = "sentinel.conf"
     extra_args = ("--sentinel",)
+    restart = True
 
     def __init__(
         self,
         name: str,
         port: int,
         directory: Path,
-        *,
         users: Users,
-        master_name: str,
         master: Address,
         quorum: int,
-        down_after_ms: int,
-        failover_timeout_ms: int,
-        restart: bool = True,
-        tls: Certificates | None = None,
+        tls: Certificates | None,
     ) -> None:
-        self.master_name = master_name
+        self.master_name = MASTER_NAME
         lines = [
             # Sentinels authenticate to each other as the peer user.
             f"sentinel sentinel-user {SENTINEL_ADMIN_USER}",
             f"sentinel sentinel-pass {users.password(SENTINEL_ADMIN_USER, 'sentinel')}",
-            f"sentinel monitor {master_name} {master[0]} {master[1]} {quorum}",
-            f"sentinel auth-user {master_name} {SENTINEL_USER}",
-            f"sentinel auth-pass {master_name} {users.password(SENTINEL_USER)}",
-            f"sentinel down-after-milliseconds {master_name} {down_after_ms}",
-            f"sentinel failover-timeout {master_name} {failover_timeout_ms}",
-            f"sentinel parallel-syncs {master_name} 1",
+            f"sentinel monitor {MASTER_NAME} {master[0]} {master[1]} {quorum}",
+            f"sentinel auth-user {MASTER_NAME} {SENTINEL_USER}",
+            f"sentinel auth-pass {MASTER_NAME} {users.password(SENTINEL_USER)}",
+            f"sentinel down-after-milliseconds {MASTER_NAME} {DOWN_AFTER_MS}",
+            f"sentinel failover-timeout {MASTER_NAME} {FAILOVER_TIMEOUT_MS}",
+            f"sentinel parallel-syncs {MASTER_NAME} 1",
         ]
-        super().__init__(name, port, directory, users, lines, restart=restart, tls=tls)
+        super().__init__(name, port, directory, users, lines, tls)
 
     def client(self, user: str = SENTINEL_ADMIN_USER) -> redis_py.Redis:
         return self._client(user, decode_responses=True)
@@ -335,73 +333,38 @@ class SentinelNode(_Server):
 
 
 class RedisSentinelCluster(RedisDeployment):
-    """A master, `replicas` replicas and `sentinels` sentinels on free loopback ports.
-
-    Redis nodes are not restarted automatically by default (chaos tests kill them and
-    decide when they come back); sentinels are.
-    """
+    """A master, REPLICAS replicas and SENTINELS sentinels on free loopback ports."""
 
     mode = "sentinel"
 
-    def __init__(
-        self,
-        workdir: str | Path | None = None,
-        *,
-        replicas: int = 1,
-        sentinels: int = 3,
-        master_name: str = MASTER_NAME,
-        down_after_ms: int = 1500,
-        failover_timeout_ms: int = 10_000,
-        restart_redis: bool = False,
-        restart_sentinels: bool = True,
-        tls: bool = False,
-    ) -> None:
-        if sentinels < 1 or replicas < 0:
-            raise ValueError("need at least one sentinel and no negative replica count")
+    def __init__(self, workdir: str | Path | None = None, *, tls: bool = False) -> None:
         super().__init__(workdir, tls)
-        self.master_name = master_name
-        ports = free_ports(1 + replicas + sentinels)
-        master_port, replica_ports, sentinel_ports = (
-            ports[0],
-            ports[1 : 1 + replicas],
-            ports[1 + replicas :],
-        )
-        master = RedisNode(
-            "redis-master",
-            master_port,
-            self.workdir / "redis-0",
-            self.users,
-            restart=restart_redis,
-            tls=self.tls,
-        )
+        self.master_name = MASTER_NAME
+        ports = free_ports(1 + REPLICAS + SENTINELS)
+        directories = [self.workdir / f"redis-{index}" for index in range(1 + REPLICAS)]
+        master = RedisNode("redis-master", ports[0], directories[0], self.users, tls=self.tls)
         self.nodes = [master] + [
             RedisNode(
                 f"redis-replica-{index}",
-                port,
-                self.workdir / f"redis-{index}",
+                ports[index],
+                directories[index],
                 self.users,
                 replica_of=master.address,
-                restart=restart_redis,
                 tls=self.tls,
             )
-            for index, port in enumerate(replica_ports, start=1)
+            for index in range(1, 1 + REPLICAS)
         ]
-        quorum = sentinels // 2 + 1
         self.sentinels = [
             SentinelNode(
                 f"sentinel-{index}",
                 port,
                 self.workdir / f"sentinel-{index}",
-                users=self.users,
-                master_name=master_name,
-                master=master.address,
-                quorum=quorum,
-                down_after_ms=down_after_ms,
-                failover_timeout_ms=failover_timeout_ms,
-                restart=restart_sentinels,
-                tls=self.tls,
+                self.users,
+                master.address,
+                SENTINELS // 2 + 1,
+                self.tls,
             )
-            for index, port in enumerate(sentinel_ports)
+            for index, port in enumerate(ports[1 + REPLICAS :])
         ]
 
     def __repr__(self) -> str:
@@ -536,18 +499,10 @@ class StandaloneRedis(RedisDeployment):
 
     mode = "standalone"
 
-    def __init__(
-        self,
-        workdir: str | Path | None = None,
-        *,
-        restart: bool = False,
-        tls: bool = False,
-    ) -> None:
+    def __init__(self, workdir: str | Path | None = None, *, tls: bool = False) -> None:
         super().__init__(workdir, tls)
         (port,) = free_ports(1)
-        self.node = RedisNode(
-            "redis", port, self.workdir / "redis", self.users, restart=restart, tls=self.tls
-        )
+        self.node = RedisNode("redis", port, self.workdir / "redis", self.users, tls=self.tls)
 
     @property
     def address(self) -> Address:

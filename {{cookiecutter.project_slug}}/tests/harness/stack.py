@@ -60,6 +60,7 @@ TEST_SETTINGS = {
 
 # A ready worker logs "<name>@<host> ready." once it consumes.
 WORKER_READY = r"@\S+ ready\."
+READY_TIMEOUT = 60.0  # seconds for the stack, or an extra worker, to become ready
 
 
 def package_name() -> str:
@@ -87,7 +88,6 @@ class StackOptions:
     flower: bool = False
 {%- endif %}
     restart: bool = True
-    ready_timeout: float = 60.0
     stop_timeout: float = 20.0
 
 
@@ -222,7 +222,7 @@ class Stack:
 {%- endif %}
             for process in self.processes.values():
                 process.start()
-            self.wait_ready(self.options.ready_timeout)
+            self.wait_ready(READY_TIMEOUT)
         except BaseException:
             self.stop()
             raise
@@ -234,7 +234,6 @@ class Stack:
         *args: str,
         env: Mapping[str, str] | None = None,
         restart: bool | None = None,
-        ready_timeout: float = 60,
     ) -> SupervisedProcess:
         """One more process through its entrypoint (a second beat, another worker...).
 
@@ -261,7 +260,7 @@ class Stack:
         self.processes[process.name] = process
         process.start()
         if kind == "worker":
-            process.wait_for_log(WORKER_READY, ready_timeout)
+            process.wait_for_log(WORKER_READY, READY_TIMEOUT)
         return process
 
     def stop(self) -> None:

@@ -1,7 +1,7 @@
 """The Helm chart's Redis scripts (deploy/helm/.../files/redis/) as real processes.
 
 Three pods of redis + sentinel started through redis.sh and sentinel.sh (see
-tests/harness/redis_pods.py), then: a fresh start, a SIGKILLed master pod coming back,
+tests/integration/redis_pods.py), then: a fresh start, a SIGKILLed master pod coming back,
 the preStop handover (prestop.sh), the probes (probe.sh), the sentinels' fixed ids, the
 ACL users of deploy/redis/users.acl (the `default` user off) and TLS-only serving.
 
@@ -22,14 +22,14 @@ import pytest
 import redis as redis_py
 
 from tests.harness.probes import wait_until
-from tests.harness.redis_pods import (
+from tests.harness.tls import Certificates
+from tests.integration.redis_pods import (
     FULLNAME,
     RedisPod,
     RedisStatefulSet,
     RoleWatch,
     expected_myid,
 )
-from tests.harness.tls import Certificates
 
 Timings = dict[str, dict[str, float]]
 HEX40 = re.compile(r"[0-9a-f]{40}")
