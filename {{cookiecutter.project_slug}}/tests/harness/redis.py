@@ -129,6 +129,17 @@ class RedisDeployment:
     def processes(self) -> list[SupervisedProcess]:
         raise NotImplementedError
 
+    def data_nodes(self) -> list[RedisNode]:
+        """The redis-servers holding the data (no sentinels)."""
+        raise NotImplementedError
+
+    def master_client(self) -> redis_py.Redis:
+        raise NotImplementedError
+
+    def wait_healthy(self, timeout: float = 30) -> Address:
+        """Until the deployment serves writes again; the master's address."""
+        raise NotImplementedError
+
     def start(self, timeout: float = 30) -> Self:
         try:
             self._start(timeout)
@@ -425,6 +436,9 @@ class RedisSentinelCluster(RedisDeployment):
     def master_client(self) -> redis_py.Redis:
         return self.master().client()
 
+    def data_nodes(self) -> list[RedisNode]:
+        return list(self.nodes)
+
     def replicas(self) -> list[RedisNode]:
         master = self.master_address()
         return [node for node in self.nodes if node.address != master]
@@ -517,6 +531,16 @@ class StandaloneRedis(RedisDeployment):
 
     def client(self, user: str = ADMIN_USER) -> redis_py.Redis:
         return self.node.client(user)
+
+    def data_nodes(self) -> list[RedisNode]:
+        return [self.node]
+
+    def master_client(self) -> redis_py.Redis:
+        return self.client()
+
+    def wait_healthy(self, timeout: float = 30) -> Address:
+        self.node.wait_ready(timeout)
+        return self.address
 
     def _addresses(self) -> dict[str, str]:
         return {"REDIS_ADDRESS": format_address(self.address)}

@@ -29,7 +29,7 @@ import pytest
 from tests.harness.databases import Database
 from tests.harness.ports import port_is_open
 from tests.harness.probes import wait_until
-from tests.harness.redis import Address, RedisDeployment, RedisSentinelCluster, StandaloneRedis
+from tests.harness.redis import Address, RedisDeployment, RedisSentinelCluster
 from tests.harness.stack import Stack, package_name, venv_bin
 
 # One connection per transport consumes an auto-delete fanout queue (as the worker does its
@@ -81,13 +81,6 @@ print(json.dumps(outcome), flush=True)
 """
 
 
-def master_client(redis_deployment: RedisDeployment) -> Any:
-    if isinstance(redis_deployment, RedisSentinelCluster):
-        return redis_deployment.master_client()
-    assert isinstance(redis_deployment, StandaloneRedis)
-    return redis_deployment.client()
-
-
 def run_probe(stack: Stack, snippet: str, cwd: Path, fault: Callable[[], None]) -> dict[str, Any]:
     """Run a probe snippet with the stack's settings: once it is set up, inject `fault`,
     tell it to go, and return the JSON outcome it prints ({} if it printed none)."""
@@ -126,7 +119,7 @@ def test_a_dropped_pubsub_connection_raises_instead_of_blocking_the_event_loop(
     stack = Stack(redis=redis_deployment, database=database, workdir=tmp_path)  # not started
 
     def drop_pubsub_connections() -> None:
-        with master_client(redis_deployment) as admin:
+        with redis_deployment.master_client() as admin:
             assert admin.client_kill_filter(_type="pubsub") >= 2
 
     outcome = run_probe(stack, PUBSUB_DROPPED, tmp_path, drop_pubsub_connections)

@@ -14,7 +14,7 @@ import pytest
 from tests.harness.api import ApiClient
 from tests.harness.databases import Database
 from tests.harness.probes import ledger, queue_keys, run_python, wait_ledger, wait_until
-from tests.harness.redis import RedisSentinelCluster
+from tests.harness.redis import RedisDeployment
 from tests.harness.stack import Stack, StackOptions
 
 pytestmark = pytest.mark.reliability("R49")
@@ -37,9 +37,9 @@ def stack_options() -> StackOptions:
     return StackOptions(env=dict(HYGIENE_SETTINGS))
 
 
-def dead_copies(redis_cluster: RedisSentinelCluster, task_id: str) -> int:
+def dead_copies(redis_deployment: RedisDeployment, task_id: str) -> int:
     """Messages of this task on the dead queue."""
-    client = redis_cluster.master_client()
+    client = redis_deployment.master_client()
     return sum(
         json.loads(message)["headers"]["id"] == task_id
         for key in queue_keys(client, "dead")
@@ -64,7 +64,7 @@ def dead_task(api: ApiClient, database: Database, reason: str = "always") -> str
 
 
 def test_a_nul_byte_in_an_error_is_stored_and_the_task_runs_its_attempts_once(
-    api: ApiClient, database: Database, redis_cluster: RedisSentinelCluster
+    api: ApiClient, database: Database, redis_deployment: RedisDeployment
 ) -> None:
     task_id = dead_task(api, database, reason="nul\u0000here")
     row = ledger(database, task_id)
@@ -73,7 +73,7 @@ def test_a_nul_byte_in_an_error_is_stored_and_the_task_runs_its_attempts_once(
     # Nothing is sent again afterwards: the same attempts and one dead copy two passes later.
     time.sleep(2 * float(HYGIENE_SETTINGS["RECONCILE_INTERVAL"]))
     assert ledger(database, task_id)["attempts"] == row["attempts"]
-    assert dead_copies(redis_cluster, task_id) == 1
+    assert dead_copies(redis_deployment, task_id) == 1
 
 
 def test_arguments_past_their_column_are_refused(api: ApiClient) -> None:

@@ -24,7 +24,7 @@ from tests.harness.probes import (
     wait_until,
 )
 from tests.harness.processes import run_command
-from tests.harness.redis import RedisSentinelCluster
+from tests.harness.redis import RedisDeployment
 from tests.harness.stack import Stack, StackOptions, venv_bin
 
 # Short ledger timings, through the same settings users have.
@@ -112,7 +112,7 @@ def test_the_same_message_delivered_twice_has_one_side_effect(
 
 @pytest.mark.reliability("R02", "R14")
 def test_a_poison_task_goes_dead_after_the_attempt_limit(
-    api: ApiClient, database: Database, redis_cluster: RedisSentinelCluster
+    api: ApiClient, database: Database, redis_deployment: RedisDeployment
 ) -> None:
     task_id = api.submit_ok("demo.crash", {"until_attempt": 20})
     row = wait_ledger(database, task_id, {"DEAD"}, timeout=90)
@@ -121,7 +121,7 @@ def test_a_poison_task_goes_dead_after_the_attempt_limit(
     assert task_id in [item["id"] for item in listed]
     # The copy is published right after the DEAD row commits: give it a moment to land.
     wait_until(
-        lambda: queue_length(redis_cluster.master_client(), "dead") >= 1,
+        lambda: queue_length(redis_deployment.master_client(), "dead") >= 1,
         10,
         "the dead-letter copy never reached the dead queue",
     )
@@ -156,7 +156,7 @@ def test_a_dead_letter_is_replayed_as_a_fresh_attempt(api: ApiClient, database: 
 
 @pytest.mark.reliability("R34")
 def test_reconcile_redispatches_a_message_lost_behind_the_ledger(
-    api: ApiClient, stack: Stack, database: Database, redis_cluster: RedisSentinelCluster
+    api: ApiClient, stack: Stack, database: Database, redis_deployment: RedisDeployment
 ) -> None:
     worker = stack.worker("default")
     with worker.supervision_paused():
@@ -165,7 +165,7 @@ def test_reconcile_redispatches_a_message_lost_behind_the_ledger(
         task_id = api.submit_ok("demo.record_effect", {"key": "lost-in-failover"})
         assert ledger(database, task_id)["state"] == "PUBLISHED"
         # What a failover can do: the acknowledged write never reached the new master.
-        client = redis_cluster.master_client()
+        client = redis_deployment.master_client()
         keys = queue_keys(client, "default")
         assert sum(client.llen(key) for key in keys) >= 1
         client.delete(*keys)
@@ -218,9 +218,9 @@ def test_two_beats_run_a_schedule_edited_at_run_time_once(stack: Stack, database
 
 @pytest.mark.reliability("R33", "R34")
 def test_broker_down_at_submit_is_accepted_as_queued_and_runs_once_it_is_back(
-    api: ApiClient, database: Database, redis_cluster: RedisSentinelCluster
+    api: ApiClient, database: Database, redis_deployment: RedisDeployment
 ) -> None:
-    nodes = [redis_cluster.master(), *redis_cluster.replicas()]
+    nodes = redis_deployment.data_nodes()
     for node in nodes:
         node.process.kill(signal.SIGKILL)
         node.process.wait_for_exit(10)
@@ -233,6 +233,6 @@ def test_broker_down_at_submit_is_accepted_as_queued_and_runs_once_it_is_back(
     finally:
         for node in nodes:
             node.process.respawn()
-    redis_cluster.wait_healthy(timeout=60)
+    redis_deployment.wait_healthy(timeout=60)
     wait_ledger(database, task_id, {"SUCCEEDED"}, timeout=90)
     assert effects(database, task_id) == 1
