@@ -3,7 +3,7 @@ containers on a Docker engine by tests/pods/podrunner.py (a kubelet's test doubl
 
 Images: no pulls. The app image is built from the Dockerfile (PYTHON_IMAGE, as for
 compose), or taken from APP_IMAGE; the others come from the variables docker-compose.yml
-reads ({% if cookiecutter.database == "postgresql" %}POSTGRES_IMAGE{% else %}MARIADB_IMAGE{% endif %}, REDIS_IMAGE, REDIS_EXPORTER_IMAGE, CELERY_EXPORTER_IMAGE) and must be
+reads ({% if cookiecutter.database == "postgresql" %}POSTGRES_IMAGE{% else %}MARIADB_IMAGE{% endif %}, REDIS_IMAGE{% if cookiecutter.use_celery_exporter == "yes" %}, REDIS_EXPORTER_IMAGE, CELERY_EXPORTER_IMAGE{% endif %}) and must be
 present on the engine. A missing docker, helm or image skips the tier, and fails it with
 CI=true. Figures land in tests/pods/results/last-run.json.
 """

@@ -427,7 +427,7 @@ def test_recreating_the_beat_pod_keeps_the_schedule_without_doubled_runs(stack: 
 # --- after every scenario: no log holds a secret ------------------------------------------
 def test_no_container_logs_a_generated_secret(stack: Stack) -> None:
     """The release's generated passwords appear in no container's log, failovers' and
-    restarts' tracebacks included (the celery-exporter's once showed its broker URL)."""
+    restarts' tracebacks included{% if cookiecutter.use_celery_exporter == "yes" %} (the celery-exporter's once showed its broker URL){% endif %}."""
     cluster = stack.cluster
     values = {
         value.decode()

@@ -792,7 +792,7 @@ def test_each_pod_kind_has_its_process_kind_and_only_its_own_secret_files() -> N
             given.pop("api_keys", None)
             if "database_url" in given:
                 given["database_url"] = "postgresql+psycopg://app:a-strong-value@db/app"
-            for name in ("redis_password", "redis_sentinel_password", "flower_password"):
+            for name in ("redis_password", "redis_sentinel_password"{% if cookiecutter.use_flower == "yes" %}, "flower_password"{% endif %}):
                 given.setdefault(name, "")
             try:
                 Settings(environment="production", process_kind=kind, **given)
