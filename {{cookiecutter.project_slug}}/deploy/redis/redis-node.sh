@@ -58,7 +58,8 @@ if [ ! -s "$conf" ]; then
         echo "maxmemory ${REDIS_MAXMEMORY:-1gb}"
         echo "dir /data"
         echo "port 6379"
-        echo "user default off"
+        # Off, yet allowed to replay the AOF's transactions on a restart (users.acl).
+        echo "user default off ~* &* +@all"
         acl_users redis
         # A replica (and a demoted master) authenticates to the master as `replica`; a
         # lone node (no replica user) has no master to authenticate to.

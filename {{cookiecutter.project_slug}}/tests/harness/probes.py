@@ -13,7 +13,7 @@ import redis as redis_py
 
 from tests.harness.databases import Database
 from tests.harness.processes import SupervisedProcess, run_command
-from tests.harness.redis import RedisSentinelCluster, StandaloneRedis
+from tests.harness.redis import RedisSentinelCluster
 from tests.harness.stack import Stack, venv_bin
 from tests.harness.waiting import NotYet
 from tests.harness.waiting import wait_until as wait_until  # the one polling helper
@@ -140,12 +140,7 @@ def event_times(
 
 def redis_client(stack: Stack, db: int = 0, **options: Any) -> redis_py.Redis:
     """A client of the current master (db 0 = broker, db 1 = results)."""
-    deployment = stack.redis
-    if isinstance(deployment, RedisSentinelCluster):
-        return deployment.master().client(db=db, **options)
-    if isinstance(deployment, StandaloneRedis):
-        return deployment.node.client(db=db, **options)
-    raise TypeError(f"unknown Redis deployment {deployment!r}")
+    return stack.redis.master_client(db=db, **options)
 
 
 def sentinel_cluster(stack: Stack) -> RedisSentinelCluster:

@@ -46,6 +46,8 @@ SENTINEL_USER, REPLICA_USER, SENTINEL_CLIENT_USER = "sentinel", "replica", "clie
 #: are not restarted automatically (chaos tests kill them and decide when they come back),
 #: sentinels are.
 REPLICAS, SENTINELS, DOWN_AFTER_MS, FAILOVER_TIMEOUT_MS = 1, 3, 1500, 10_000
+#: `default` is off; on a Redis node it may replay the AOF's transactions (users.acl).
+DEFAULT_USER = {"redis": "user default off ~* &* +@all", "sentinel": "user default off"}
 #: The component a process without its own user (probes, CLI snippets) runs as.
 DEFAULT_COMPONENT = "worker"
 
@@ -71,7 +73,7 @@ class Users:
         }
 
     def config_lines(self, where: str) -> list[str]:
-        lines = ["user default off"]
+        lines = [DEFAULT_USER[where]]
         for user, rules in acl_rules(where).items():
             password = self.passwords[where][user]
             lines.append(f"user {user} on >{password} resetkeys resetchannels -@all {rules}")
@@ -133,8 +135,13 @@ class RedisDeployment:
         """The redis-servers holding the data (no sentinels)."""
         raise NotImplementedError
 
-    def master_client(self) -> redis_py.Redis:
+    def master(self) -> RedisNode:
+        """The node serving writes now."""
         raise NotImplementedError
+
+    def master_client(self, **options: Any) -> redis_py.Redis:
+        """A client of the current master (RedisNode.client: the admin user by default)."""
+        return self.master().client(**options)
 
     def wait_healthy(self, timeout: float = 30) -> Address:
         """Until the deployment serves writes again; the master's address."""
@@ -433,9 +440,6 @@ class RedisSentinelCluster(RedisDeployment):
     def master(self) -> RedisNode:
         return self.node_at(self.master_address())
 
-    def master_client(self) -> redis_py.Redis:
-        return self.master().client()
-
     def data_nodes(self) -> list[RedisNode]:
         return list(self.nodes)
 
@@ -529,14 +533,11 @@ class StandaloneRedis(RedisDeployment):
     def processes(self) -> list[SupervisedProcess]:
         return [self.node.process]
 
-    def client(self, user: str = ADMIN_USER) -> redis_py.Redis:
-        return self.node.client(user)
-
     def data_nodes(self) -> list[RedisNode]:
         return [self.node]
 
-    def master_client(self) -> redis_py.Redis:
-        return self.client()
+    def master(self) -> RedisNode:
+        return self.node
 
     def wait_healthy(self, timeout: float = 30) -> Address:
         self.node.wait_ready(timeout)

@@ -16,22 +16,13 @@ from tests.harness.probes import run_python
 from tests.harness.redis import (
     SENTINEL_CLIENT_USER,
     RedisDeployment,
-    RedisNode,
     RedisSentinelCluster,
-    StandaloneRedis,
     acl_rules,
 )
 from tests.harness.stack import Stack
 
 # What Redis answers an unauthenticated client when the default user is off.
 DENIED = (NoPermissionError, AuthenticationError, ResponseError)
-
-
-def _master(deployment: RedisDeployment) -> RedisNode:
-    if isinstance(deployment, RedisSentinelCluster):
-        return deployment.master()
-    assert isinstance(deployment, StandaloneRedis)
-    return deployment.node
 
 
 def run(client: Any, *command: str) -> Any:
@@ -41,18 +32,18 @@ def run(client: Any, *command: str) -> Any:
 
 @pytest.fixture
 def worker(redis_deployment: RedisDeployment) -> Iterator[redis_py.Redis]:
-    with _master(redis_deployment).client("worker") as client:
+    with redis_deployment.master().client("worker") as client:
         yield client
 
 
 @pytest.fixture
 def api_user(redis_deployment: RedisDeployment) -> Iterator[redis_py.Redis]:
-    with _master(redis_deployment).client("api") as client:
+    with redis_deployment.master().client("api") as client:
         yield client
 
 
 def test_the_default_user_is_off(redis_deployment: RedisDeployment) -> None:
-    node = _master(redis_deployment)
+    node = redis_deployment.master()
     anonymous = redis_py.Redis(host=node.address[0], port=node.address[1], socket_timeout=2)
     with anonymous, pytest.raises(DENIED):
         anonymous.ping()
@@ -86,7 +77,7 @@ def test_a_worker_works_its_queues_but_reads_no_one_elses_keys(
     # dead-letter queue, which no worker of the stack consumes.
     worker.lpush(DEAD_QUEUE, "probe")
     assert worker.brpop([DEAD_QUEUE], timeout=1) == (DEAD_QUEUE.encode(), b"probe")
-    with _master(redis_deployment).client() as admin:
+    with redis_deployment.master().client() as admin:
         admin.set("LIMITS:probe", "1")
         admin.set("unrelated-key", "1")
     for key in ("LIMITS:probe", "unrelated-key"):
@@ -104,7 +95,7 @@ def test_the_api_publishes_but_cannot_consume(
             with pytest.raises(NoPermissionError):
                 run(api_user, *command)
     finally:
-        with _master(redis_deployment).client() as admin:
+        with redis_deployment.master().client() as admin:
             admin.lrem(DEAD_QUEUE, 0, "probe")
 
 

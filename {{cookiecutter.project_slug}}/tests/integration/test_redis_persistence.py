@@ -28,7 +28,15 @@ def test_every_node_has_aof_and_rdb_on(redis_cluster: RedisSentinelCluster) -> N
 
 @pytest.mark.reliability("R32")
 def test_a_write_survives_every_node_being_killed(redis_cluster: RedisSentinelCluster) -> None:
-    redis_cluster.master_client().set("r32-probe", "kept")
+    """A transaction too: Celery writes each result, and kombu its acknowledgement
+    bookkeeping, in MULTI/EXEC. Redis 7 replays an AOF as the `default` user, so with that
+    user stripped of every permission each transaction was refused on restart, silently."""
+    master = redis_cluster.master_client()
+    master.set("r32-probe", "kept")
+    with master.pipeline(transaction=True) as transaction:
+        transaction.set("r32-transaction", "kept")
+        transaction.hset("r32-transaction-hash", "field", "kept")
+        transaction.execute()
     time.sleep(1.5)  # appendfsync everysec: at most one second is at risk
     nodes = list(redis_cluster.nodes)
     for node in nodes:
@@ -37,4 +45,7 @@ def test_a_write_survives_every_node_being_killed(redis_cluster: RedisSentinelCl
     for node in nodes:
         node.process.respawn()
     redis_cluster.wait_healthy(timeout=60)
-    assert redis_cluster.master_client().get("r32-probe") in {b"kept", "kept"}
+    with redis_cluster.master_client() as client:
+        assert client.get("r32-probe") == b"kept"
+        assert client.get("r32-transaction") == b"kept"
+        assert client.hget("r32-transaction-hash", "field") == b"kept"

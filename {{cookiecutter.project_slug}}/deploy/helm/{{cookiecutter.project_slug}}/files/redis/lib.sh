@@ -188,12 +188,17 @@ conf_string() {
 }
 
 # acl_users SIDE: config lines creating users.acl's users of SIDE (redis or sentinel),
-# `default` off; a user whose password variable is empty stays off too.
+# `default` off (on a Redis node still allowed to replay the AOF's transactions on a
+# restart: users.acl says why); a user whose password variable is empty stays off too.
 acl_users() {
   acl_side=$1
   # shellcheck disable=SC2018,SC2019  # a variable name: ASCII A-Z whatever the locale
   acl_prefix="$(printf '%s' "$acl_side" | tr a-z A-Z)_USER"
-  echo "user default off"
+  if [ "$acl_side" = redis ]; then
+    echo "user default off ~* &* +@all"
+  else
+    echo "user default off"
+  fi
   grep -v '^[[:space:]]*#' "$REDIS_USERS_ACL" | while read -r acl_place acl_user acl_rules; do
     [ "$acl_place" = "$acl_side" ] || continue
     eval "acl_password=\${${acl_prefix}_$(printf '%s' "$acl_user" | tr a-z- A-Z_)_PASSWORD:-}"
