@@ -32,6 +32,18 @@ not retry: the error reaches kombu and the consumer reconnects and resubscribes,
 does with kombu's default transport options. tests/integration/test_broker_failover.py
 reproduces both faults.
 
+A third fault left a connection on a replica. Sentinels do not switch at once: for a few
+seconds after a failover one can still name the old master, which Sentinel has just
+demoted (closing its clients). A connection made then reaches a replica, and redis-py
+checks nothing there. Writes fail (READONLY) and reconnect, but a broadcast (PUBLISH, which
+a replica accepts) reaches only that replica's subscribers, and a reply read (BRPOP) waits
+on a list no worker fills: the worker's watchdog ping went unanswered until the watchdog
+exited a working worker, and a revoke from the API would reach no worker. As Redis's
+Sentinel client guidelines ask, a Sentinel connection here checks the role of the server
+it reached (HELLO tells it, and every component's user may send HELLO: ROLE is an admin
+command) and fails on a replica, so the next attempt asks the sentinels again.
+tests/integration/test_broker_failover.py reproduces it.
+
 `register()` maps the URL schemes to these classes; it must run before any connection.
 """
 
@@ -44,6 +56,7 @@ from kombu.transport import redis
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.retry import Retry
+from redis.sentinel import SentinelManagedConnection
 
 # The URL schemes and the classes that serve them.
 _TRANSPORTS = {
@@ -107,12 +120,47 @@ class _PubSubWithoutRetry:
         super()._subscribe()
 
 
+class _MasterChecked:
+    """Mixed into redis-py's Sentinel-managed connections: a replica is not the master."""
+
+    connection_pool: Any  # redis-py's SentinelConnectionPool
+
+    def connect_to(self, address: tuple[str, int]) -> None:
+        super().connect_to(address)
+        if self.connection_pool.is_master and server_role(self) != "master":
+            self.disconnect()  # type: ignore[attr-defined]
+            host, port = address
+            raise RedisConnectionError(f"{host}:{port} is a replica: asking the sentinels again")
+
+
+def server_role(connection: Any) -> str:
+    """The role ("master", "replica") of the server a connection reached, from HELLO."""
+    connection.send_command("HELLO")
+    reply = connection.read_response()
+    fields = reply if isinstance(reply, dict) else dict(zip(reply[::2], reply[1::2], strict=True))
+    decoded = {_text(key): _text(value) for key, value in fields.items()}
+    return decoded.get("role", "")
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class MasterCheckedConnection(_MasterChecked, SentinelManagedConnection):
+    pass
+
+
+class MasterCheckedSSLConnection(_MasterChecked, redis.SentinelManagedSSLConnection):
+    pass
+
+
 class Channel(_DetachedAware, _PubSubWithoutRetry, redis.Channel):
     pass
 
 
 class SentinelChannel(_DetachedAware, _PubSubWithoutRetry, redis.SentinelChannel):
-    pass
+    connection_class = MasterCheckedConnection
+    connection_class_ssl = MasterCheckedSSLConnection
 
 
 class Transport(redis.Transport):

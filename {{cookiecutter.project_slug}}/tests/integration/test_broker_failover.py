@@ -9,6 +9,9 @@ celery's Gossip step then closes its own channel of that connection through
 AttributeError(... 'connection_errors')" and leaves the channel open. The project's
 channel closes.
 
+A connection made while a sentinel still names a master it has just demoted reaches a
+replica: a broadcast published there reaches no worker. The project's asks again.
+
 A pub/sub connection that drops must reach the consumer as an error. With the project's
 transport options (`retry_on_timeout`) redis-py reconnects it inside the read, subscribed
 to nothing, and reads on with no timeout: kombu's channel blocks the worker's event loop
@@ -131,6 +134,56 @@ def test_a_dropped_pubsub_connection_raises_instead_of_blocking_the_event_loop(
         "outcome": "connection error: ConnectionError",
         "transport": f"{stack.package}.broker",
     }, outcome
+
+
+# One broker connection per Sentinel transport, each opened while the sentinels' first
+# answer is a replica's address (as a sentinel that has not seen the failover yet answers);
+# each publishes on the channel the test listens to on the master, as a broadcast does.
+STALE_MASTER = """
+import json, sys
+from redis.sentinel import Sentinel
+from PACKAGE.celery_app import app
+
+answer_first = Sentinel.discover_master
+stale = []
+def discover_master(self, service_name):
+    return stale.pop() if stale else answer_first(self, service_name)
+Sentinel.discover_master = discover_master
+print("ready", flush=True)
+sys.stdin.readline()
+outcome = {}
+for name, transport in (("kombu", "kombu.transport.redis:SentinelTransport"), ("project", None)):
+    stale.append((REPLICA_HOST, REPLICA_PORT))
+    with app.connection_for_write(transport=transport) as connection:
+        outcome[name] = connection.default_channel.client.publish(CHANNEL, "ping")
+print(json.dumps(outcome), flush=True)
+"""
+
+
+@pytest.mark.reliability("R31")
+def test_a_connection_sent_to_a_demoted_master_asks_the_sentinels_again(
+    redis_deployment: RedisDeployment, database: Database, tmp_path: Path
+) -> None:
+    if not isinstance(redis_deployment, RedisSentinelCluster):
+        pytest.skip("project generated with REDIS_MODE=standalone: no Sentinel to ask")
+    cluster = redis_deployment
+    cluster.wait_healthy(timeout=60)
+    (replica,) = cluster.replicas()
+    host, port = replica.address
+    channel = "celeryev.stale-master-probe"
+    snippet = (
+        STALE_MASTER.replace("REPLICA_HOST", repr(host))
+        .replace("REPLICA_PORT", str(port))
+        .replace("CHANNEL", repr(channel))
+    )
+    stack = Stack(redis=cluster, database=database, workdir=tmp_path)  # not started
+    with cluster.master_client() as admin, admin.pubsub() as listener:
+        listener.subscribe(channel)
+        outcome = run_probe(stack, snippet, tmp_path, lambda: None)
+    # PUBLISH answers how many subscribers got the message. kombu's own transport stays on
+    # the replica, where nobody listens (if this starts to fail, redis-py checks the role
+    # itself now, and broker.py's role check can go).
+    assert outcome == {"kombu": 0, "project": 1}, outcome
 
 
 # Run with the project's settings: one connection on kombu's own Sentinel transport, one

@@ -26,3 +26,32 @@ def test_a_channel_without_a_live_transport_raises_a_connection_error(
     channel.connection = transport
     with pytest.raises(RedisConnectionError, match="broker connection was closed"):
         channel._connparams()
+
+
+class _Replies:
+    """A connection that answers HELLO with `reply` (the rest of redis-py is not needed)."""
+
+    def __init__(self, reply: Any) -> None:
+        self.reply = reply
+        self.sent: list[tuple[str, ...]] = []
+
+    def send_command(self, *args: str) -> None:
+        self.sent.append(args)
+
+    def read_response(self) -> Any:
+        return self.reply
+
+
+@pytest.mark.reliability("R31")
+@pytest.mark.parametrize(
+    ("reply", "role"),
+    [
+        ([b"server", b"redis", b"proto", 2, b"role", b"replica"], "replica"),
+        ({"server": "redis", "proto": 3, "role": "master"}, "master"),
+    ],
+    ids=["resp2-bytes", "resp3-text"],
+)
+def test_the_role_check_reads_hello_in_either_protocol(reply: Any, role: str) -> None:
+    connection = _Replies(reply)
+    assert broker.server_role(connection) == role
+    assert connection.sent == [("HELLO",)]
