@@ -6,6 +6,7 @@ from collections.abc import Collection, Mapping
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.harness.waiting import NotYet, wait_until
 
@@ -103,39 +104,11 @@ class ApiClient:
 
 
 def metric_value(text: str, name: str, labels: Mapping[str, str] | None = None) -> float:
-    """The sum of the samples of `name` whose labels include `labels` (0 if none)."""
-    wanted = dict(labels or {})
-    total = 0.0
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        sample, _, value = line.rpartition(" ")
-        metric, _, label_text = sample.partition("{")
-        if metric != name:
-            continue
-        found = _parse_labels(label_text.rstrip("}"))
-        if all(found.get(key) == expected for key, expected in wanted.items()):
-            total += float(value)
-    return total
-
-
-def _parse_labels(text: str) -> dict[str, str]:
-    labels: dict[str, str] = {}
-    rest = text
-    while rest:
-        key, _, rest = rest.partition('="')
-        value_chars: list[str] = []
-        index = 0
-        while index < len(rest):
-            char = rest[index]
-            if char == "\\" and index + 1 < len(rest):
-                value_chars.append({"n": "\n"}.get(rest[index + 1], rest[index + 1]))
-                index += 2
-                continue
-            if char == '"':
-                break
-            value_chars.append(char)
-            index += 1
-        labels[key.strip(", ")] = "".join(value_chars)
-        rest = rest[index + 1 :].lstrip(",")
-    return labels
+    """The sum of the samples named `name` whose labels include `labels` (0 if none)."""
+    wanted = dict(labels or {}).items()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and wanted <= sample.labels.items()
+    )

@@ -1,10 +1,9 @@
 """A local stand-in for Sentry's ingestion endpoint, for tests that send real events.
 
-It speaks what the SDK sends: `POST /api/<project>/envelope/` (and the older
-`/api/<project>/store/`), gzip or deflate bodies, and the envelope format: a header line,
-then for each item an item header line and its payload (`length` bytes, or up to the next
-newline). Every item is kept decoded for the tests to search; the raw decoded bodies are
-kept as well, so a test can look for a value anywhere in what left the process.
+It takes what the SDK sends, `POST /api/<project>/envelope/` with a gzip or deflate body,
+and keeps every item, read by the SDK's own envelope parser, for the tests to search; the
+raw decoded bodies are kept as well, so a test can look for a value anywhere in what left
+the process.
 
     with SentryReceiver() as sentry:
         env = {"SENTRY_DSN": sentry.dsn()}
@@ -13,20 +12,23 @@ kept as well, so a test can look for a value anywhere in what left the process.
 
 `mode` makes it misbehave for degradation tests: "hang" accepts connections and never
 answers (until the mode changes or the receiver stops); "slow" answers after `delay`.
-Stdlib only (http.server, threaded).
+A threaded http.server.
 """
 
 from __future__ import annotations
 
 import gzip
 import json
+import re
 import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
+
+from sentry_sdk.envelope import Envelope
 
 from tests.harness.ports import LOOPBACK
 
@@ -42,7 +44,6 @@ class Item:
     headers: dict[str, Any]
     payload: dict[str, Any]
     raw: bytes
-    envelope: dict[str, Any] = field(default_factory=dict)
 
     @property
     def tags(self) -> dict[str, Any]:
@@ -56,65 +57,29 @@ class Item:
         return str(value) if value else None
 
 
-class EnvelopeError(ValueError):
-    """A body that is not a well-formed envelope."""
-
-
 def decode_body(body: bytes, encoding: str | None) -> bytes:
     """Undo the Content-Encoding the SDK applied (gzip by default, deflate on request)."""
     encoding = (encoding or "identity").strip().lower()
     if encoding == "gzip":
         return gzip.decompress(body)
     if encoding == "deflate":
-        try:
-            return zlib.decompress(body)
-        except zlib.error:  # raw deflate, without the zlib header
-            return zlib.decompress(body, -zlib.MAX_WBITS)
+        return zlib.decompress(body)
     if encoding == "identity":
         return body
-    raise EnvelopeError(f"unsupported Content-Encoding {encoding!r}")
+    raise ValueError(f"unsupported Content-Encoding {encoding!r}")
 
 
-def parse_envelope(data: bytes) -> tuple[dict[str, Any], list[Item]]:
-    """The envelope header and its items."""
-    header_line, newline, rest = data.partition(b"\n")
-    envelope = json.loads(header_line) if header_line.strip() else {}
-    if not isinstance(envelope, dict):
-        raise EnvelopeError("the envelope header is not a JSON object")
-    items: list[Item] = []
-    position = 0 if newline else len(rest)
-    while position < len(rest):
-        end = rest.find(b"\n", position)
-        line = rest[position : len(rest) if end < 0 else end]
-        position = len(rest) if end < 0 else end + 1
-        if not line.strip():
-            continue
-        headers = json.loads(line)
-        if not isinstance(headers, dict) or "type" not in headers:
-            raise EnvelopeError(f"an item header without a type: {line[:80]!r}")
-        length = headers.get("length")
-        if length is not None:
-            payload = rest[position : position + int(length)]
-            if len(payload) != int(length):
-                raise EnvelopeError(f"item of {length} bytes cut short at {len(payload)}")
-            position += int(length)
-            if rest[position : position + 1] == b"\n":
-                position += 1
-        else:
-            end = rest.find(b"\n", position)
-            payload = rest[position : len(rest) if end < 0 else end]
-            position = len(rest) if end < 0 else end + 1
-        items.append(_item(headers, payload, envelope))
-    return envelope, items
-
-
-def _item(headers: dict[str, Any], payload: bytes, envelope: dict[str, Any]) -> Item:
-    kind = str(headers["type"])
-    parsed: dict[str, Any] = {}
-    if kind in JSON_ITEMS or headers.get("content_type") == "application/json":
-        loaded = json.loads(payload) if payload.strip() else {}
-        parsed = loaded if isinstance(loaded, dict) else {"value": loaded}
-    return Item(kind, headers, parsed, payload, envelope)
+def parse_envelope(data: bytes) -> list[Item]:
+    """The items of an envelope, read by the SDK's own parser; JSON payloads decoded."""
+    items = []
+    for item in Envelope.deserialize(data).items:
+        raw = item.get_bytes()
+        payload: dict[str, Any] = {}
+        if item.type in JSON_ITEMS or item.headers.get("content_type") == "application/json":
+            loaded = json.loads(raw) if raw.strip() else {}
+            payload = loaded if isinstance(loaded, dict) else {"value": loaded}
+        items.append(Item(str(item.type), dict(item.headers), payload, raw))
+    return items
 
 
 class SentryReceiver:
@@ -256,18 +221,13 @@ class SentryReceiver:
                     return
                 if receiver.mode == "slow":
                     time.sleep(receiver.delay)
-                parts = self.path.strip("/").split("/")
-                if len(parts) != 3 or parts[0] != "api" or parts[2] not in ("envelope", "store"):
+                if not re.fullmatch(r"/api/\d+/envelope/?", self.path):
                     self._answer(404, {"detail": f"no endpoint {self.path}"})
                     return
                 try:
                     data = decode_body(body, self.headers.get("Content-Encoding"))
-                    if parts[2] == "store":
-                        event = json.loads(data)
-                        items = [Item("event", {"type": "event"}, event, data)]
-                    else:
-                        _, items = parse_envelope(data)
-                except (EnvelopeError, ValueError, OSError, zlib.error) as exc:
+                    items = parse_envelope(data)
+                except (ValueError, OSError, zlib.error) as exc:
                     with receiver._lock:
                         receiver._errors.append(f"{type(exc).__name__}: {exc}")
                     self._answer(400, {"detail": str(exc)})

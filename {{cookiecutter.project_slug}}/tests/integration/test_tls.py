@@ -90,7 +90,7 @@ def test_redis_takes_only_verified_tls_clients(stack: Stack, tmp_path: Path) -> 
             client.connection_pool.release(connection)
     plain = redis_client(stack, ssl=False)
     assert refused(plain), "Redis answered a client without TLS"
-    stranger = Certificates(tmp_path / "other-ca", common_name="another CA")
+    stranger = Certificates(tmp_path / "other-ca")
     unverified = redis_client(stack, ssl_ca_certs=str(stranger.ca))
     assert "certificate verify failed" in (refused(unverified) or ""), (
         "a server certificate the client's CA did not sign was accepted"
