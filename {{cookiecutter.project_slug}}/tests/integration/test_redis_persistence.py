@@ -28,9 +28,9 @@ def test_every_node_has_aof_and_rdb_on(redis_cluster: RedisSentinelCluster) -> N
 
 @pytest.mark.reliability("R32")
 def test_a_write_survives_every_node_being_killed(redis_cluster: RedisSentinelCluster) -> None:
-    """A transaction too: Celery writes each result, and kombu its acknowledgement
-    bookkeeping, in MULTI/EXEC. Redis 7 replays an AOF as the `default` user, so with that
-    user stripped of every permission each transaction was refused on restart, silently."""
+    """A transaction too: kombu writes its acknowledgement bookkeeping, and Celery its
+    pipelined writes, in MULTI/EXEC. Redis 7 replays an AOF as the `default` user, so with
+    that user stripped of every permission each transaction was refused on restart, silently."""
     master = redis_cluster.master_client()
     master.set("r32-probe", "kept")
     with master.pipeline(transaction=True) as transaction:
