@@ -37,12 +37,17 @@ seconds after a failover one can still name the old master, which Sentinel has j
 demoted (closing its clients). A connection made then reaches a replica, and redis-py
 checks nothing there. Writes fail (READONLY) and reconnect, but a broadcast (PUBLISH, which
 a replica accepts) reaches only that replica's subscribers, and a reply read (BRPOP) waits
-on a list no worker fills: the worker's watchdog ping went unanswered until the watchdog
-exited a working worker, and a revoke from the API would reach no worker. As Redis's
+on a list no worker fills: a ping, a revoke or a shutdown reaches no worker. As Redis's
 Sentinel client guidelines ask, a Sentinel connection here checks the role of the server
 it reached (HELLO tells it, and every component's user may send HELLO: ROLE is an admin
 command) and fails on a replica, so the next attempt asks the sentinels again.
-tests/integration/test_broker_failover.py reproduces it.
+The same replica was reached without asking any sentinel: redis-py 8 reconnects a dropped
+connection when the next command is sent, and does it to the address the connection had
+(redis/redis-py#3874). Its retry after a failover error, and the next command on a
+connection held outside the pool (as kombu holds its BRPOP connection), went back to the
+demoted master. Here that reconnect goes through the sentinels and the role check, like a
+first connect.
+tests/integration/test_broker_failover.py reproduces both.
 
 `register()` maps the URL schemes to these classes; it must run before any connection.
 """
@@ -121,7 +126,8 @@ class _PubSubWithoutRetry:
 
 
 class _MasterChecked:
-    """Mixed into redis-py's Sentinel-managed connections: a replica is not the master."""
+    """Mixed into redis-py's Sentinel-managed connections: a replica is not the master, and
+    a dropped connection reconnects through the sentinels (redis/redis-py#3874)."""
 
     connection_pool: Any  # redis-py's SentinelConnectionPool
 
@@ -131,6 +137,11 @@ class _MasterChecked:
             self.disconnect()  # type: ignore[attr-defined]
             host, port = address
             raise RedisConnectionError(f"{host}:{port} is a replica: asking the sentinels again")
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        if not self._sock:  # type: ignore[attr-defined]
+            self.connect()  # type: ignore[attr-defined]  # the sentinels, then connect_to
+        super().send_packed_command(command, check_health)
 
 
 def server_role(connection: Any) -> str:

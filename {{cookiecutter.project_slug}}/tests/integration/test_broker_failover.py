@@ -10,7 +10,9 @@ AttributeError(... 'connection_errors')" and leaves the channel open. The projec
 channel closes.
 
 A connection made while a sentinel still names a master it has just demoted reaches a
-replica: a broadcast published there reaches no worker. The project's asks again.
+replica: a broadcast published there reaches no worker. The project's asks again. A
+connection that a failover dropped reconnects, in redis-py, to the address it had: the
+demoted master. The project's asks the sentinels.
 
 A pub/sub connection that drops must reach the consumer as an error. With the project's
 transport options (`retry_on_timeout`) redis-py reconnects it inside the read, subscribed
@@ -20,6 +22,7 @@ for good (the watchdog exited workers in the chaos failover tests). The project'
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -183,6 +186,65 @@ def test_a_connection_sent_to_a_demoted_master_asks_the_sentinels_again(
     # PUBLISH answers how many subscribers got the message. kombu's own transport stays on
     # the replica, where nobody listens (if this starts to fail, redis-py checks the role
     # itself now, and broker.py's role check can go).
+    assert outcome == {"kombu": 0, "project": 1}, outcome
+
+
+# One broker connection per Sentinel transport, held as kombu holds its BRPOP connection
+# (the channel client's own); once a failover has demoted the master and closed its
+# clients, each publishes on the channel the test listens to on the new master.
+DROPPED_BY_A_FAILOVER = """
+import json, sys
+from redis.exceptions import ConnectionError
+from PACKAGE.celery_app import app
+
+held = {}
+for name, transport in (("kombu", "kombu.transport.redis:SentinelTransport"), ("project", None)):
+    client = app.connection_for_write(transport=transport).default_channel.client
+    client.connection = client.connection_pool.get_connection()
+    client.ping()
+    held[name] = client
+print("ready", flush=True)
+sys.stdin.readline()
+outcome = {}
+for name, client in held.items():
+    for _ in range(3):  # the first send may only find the connection closed
+        try:
+            outcome[name] = client.publish(CHANNEL, "ping")
+            break
+        except ConnectionError as exc:
+            outcome[name] = repr(exc)
+print(json.dumps(outcome), flush=True)
+"""
+
+
+@pytest.mark.reliability("R31")
+def test_a_connection_dropped_by_a_failover_reconnects_to_the_new_master(
+    redis_deployment: RedisDeployment, database: Database, tmp_path: Path
+) -> None:
+    if not isinstance(redis_deployment, RedisSentinelCluster):
+        pytest.skip("project generated with REDIS_MODE=standalone: no Sentinel to ask")
+    cluster = redis_deployment
+    cluster.wait_healthy(timeout=60)
+    channel = "celeryev.reconnect-probe"
+    stack = Stack(redis=cluster, database=database, workdir=tmp_path)  # not started
+    with contextlib.ExitStack() as listening:
+
+        def fail_over() -> None:
+            old = cluster.master()
+            with cluster.sentinels[0].client() as sentinel:
+                sentinel.execute_command("SENTINEL", "FAILOVER", cluster.master_name)
+            cluster.wait_for_failover(old.address, timeout=30)
+            # Sentinel turns the old master into a replica and closes its clients at once.
+            wait_until(lambda: old.role() == "slave", 30, "the old master demoted", step=0.2)
+            listener = listening.enter_context(cluster.master().client().pubsub())
+            listener.subscribe(channel)
+
+        outcome = run_probe(stack, DROPPED_BY_A_FAILOVER.replace("CHANNEL", repr(channel)),
+                            tmp_path, fail_over)  # fmt: skip
+    cluster.wait_healthy(timeout=60)
+    # PUBLISH answers how many subscribers got the message. kombu's own connection went
+    # back to the address it had, the demoted master, where nobody listens (if this starts
+    # to fail, redis-py asks the sentinels on a reconnect now: broker.py's can go).
     assert outcome == {"kombu": 0, "project": 1}, outcome
 
 
