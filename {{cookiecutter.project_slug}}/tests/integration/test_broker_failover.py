@@ -115,6 +115,14 @@ def run_probe(stack: Stack, snippet: str, cwd: Path, fault: Callable[[], None]) 
     return outcome
 
 
+def healthy_cluster(redis_deployment: RedisDeployment) -> RedisSentinelCluster:
+    """The Sentinel cluster once healthy, or a skip naming why (a standalone project)."""
+    if not isinstance(redis_deployment, RedisSentinelCluster):
+        pytest.skip("project generated with REDIS_MODE=standalone: no Sentinel to ask")
+    redis_deployment.wait_healthy(timeout=60)
+    return redis_deployment
+
+
 @pytest.mark.reliability("R31")
 def test_a_dropped_pubsub_connection_raises_instead_of_blocking_the_event_loop(
     redis_deployment: RedisDeployment, database: Database, tmp_path: Path
@@ -167,10 +175,7 @@ print(json.dumps(outcome), flush=True)
 def test_a_connection_sent_to_a_demoted_master_asks_the_sentinels_again(
     redis_deployment: RedisDeployment, database: Database, tmp_path: Path
 ) -> None:
-    if not isinstance(redis_deployment, RedisSentinelCluster):
-        pytest.skip("project generated with REDIS_MODE=standalone: no Sentinel to ask")
-    cluster = redis_deployment
-    cluster.wait_healthy(timeout=60)
+    cluster = healthy_cluster(redis_deployment)
     (replica,) = cluster.replicas()
     host, port = replica.address
     channel = "celeryev.stale-master-probe"
@@ -221,10 +226,7 @@ print(json.dumps(outcome), flush=True)
 def test_a_connection_dropped_by_a_failover_reconnects_to_the_new_master(
     redis_deployment: RedisDeployment, database: Database, tmp_path: Path
 ) -> None:
-    if not isinstance(redis_deployment, RedisSentinelCluster):
-        pytest.skip("project generated with REDIS_MODE=standalone: no Sentinel to ask")
-    cluster = redis_deployment
-    cluster.wait_healthy(timeout=60)
+    cluster = healthy_cluster(redis_deployment)
     channel = "celeryev.reconnect-probe"
     stack = Stack(redis=cluster, database=database, workdir=tmp_path)  # not started
     with contextlib.ExitStack() as listening:
