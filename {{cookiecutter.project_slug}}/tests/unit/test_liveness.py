@@ -6,12 +6,20 @@ and one moves this process's clock an hour ahead to show nothing depends on it.
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import time
 import uuid
 from datetime import timedelta
 from typing import Any
+from unittest import mock
 
 import pytest
+import redis.exceptions
+from billiard.einfo import ExceptionInfo
+from billiard.exceptions import Terminated
 from celery import Celery
+from celery.contrib.testing.mocks import TaskMessage
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 from sqlalchemy import delete, insert, select, update
@@ -37,6 +45,7 @@ from {{ cookiecutter.package_name }}.ledger.tracking import Claim, claim, record
 from {{ cookiecutter.package_name }}.settings import Settings, get_settings
 from {{ cookiecutter.package_name }}.tasks import demo
 from {{ cookiecutter.package_name }}.tasks.base import RETRY_OF_HEADER
+from {{ cookiecutter.package_name }}.tasks.request import LedgerRequest
 
 SETTINGS = get_settings()
 DEAD = SETTINGS.worker_dead_after + 5  # seconds since a dead worker's last heartbeat
@@ -244,6 +253,53 @@ def test_a_run_cancelled_on_a_connection_loss_is_published_again_and_free() -> N
     record = row_of(task_id)
     assert (record.state, record.incarnation) == (TaskState.PUBLISHED, None)
     assert claim(task_id, "default@here") == (Claim.RUN, 3)
+
+
+def a_delivery(task_id: str, acks: list[str]) -> LedgerRequest:
+    """demo.echo's message as the worker's main process holds it; an ack is recorded."""
+    message = TaskMessage("demo.echo", id=task_id, kwargs={"message": "x"})
+    return LedgerRequest(
+        message, app=demo.echo.app, task=demo.echo, on_ack=lambda *_: acks.append(task_id)
+    )
+
+
+def the_child_reports_terminated(request: LedgerRequest) -> None:
+    """What billiard hands the request when the pool job it cancelled ends."""
+    try:
+        raise Terminated(-signal.SIGTERM)
+    except Terminated:
+        request.on_failure(ExceptionInfo())
+
+
+@pytest.mark.parametrize("started", [True, False], ids=["running", "not-yet-started"])
+def test_a_run_cancelled_on_a_connection_loss_keeps_its_message_while_redis_refuses_writes(
+    started: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The connection drops while the new master refuses writes (NOREPLICAS): the kill of
+    the run must not read as a revoke, which would ack the message and end the row REVOKED."""
+    heartbeats.beat("default@here", ["default"])
+    task_id = a_task(TaskState.PUBLISHED, None)
+    acks: list[str] = []
+    request = a_delivery(task_id, acks)
+    if started:
+        assert claim(task_id, "default@here") == (Claim.RUN, 2)
+        # A pool child took it (celery-types calls the pid a str).
+        request.on_accepted(pid=4242, time_accepted=time.monotonic())  # type: ignore[arg-type]
+    refused = redis.exceptions.ResponseError("NOREPLICAS Not enough good replicas to write.")
+    monkeypatch.setattr(demo.echo.backend, "mark_as_retry", mock.Mock(side_effect=refused))
+    revoked = mock.Mock()
+    monkeypatch.setattr(demo.echo.backend, "mark_as_revoked", revoked)
+    pool = mock.Mock()
+    # As the consumer does on a connection loss (it logs what cancel() raises, and goes on).
+    with contextlib.suppress(redis.exceptions.ResponseError):
+        request.cancel(pool)
+    the_child_reports_terminated(request)
+    assert acks == [], "the message must stay unacked, for its redelivery"
+    assert not revoked.called
+    record = row_of(task_id)
+    assert (record.state, record.incarnation) == (TaskState.PUBLISHED, None)
+    killed = [mock.call(4242, signal.SIGTERM)] if started else []
+    assert pool.terminate_job.call_args_list == killed
 
 
 def test_a_retry_is_recorded_before_its_message_is_sent(

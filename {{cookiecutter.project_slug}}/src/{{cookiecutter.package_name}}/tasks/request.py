@@ -57,13 +57,20 @@ class LedgerRequest(Request):
         super().on_failure(exc_info, *args, **kwargs)
 
     def cancel(self, pool: Any, signal: Any = None, emit_retry: bool = True) -> None:
-        """Celery cancels a running late-ack task when the broker connection drops
+        """Celery cancels a late-ack task when the broker connection drops
         (worker_cancel_long_running_tasks_on_connection_loss). Its message comes back, or
         is lost with a failed master: the row goes back to PUBLISHED, free to claim, so a
         returning copy runs at once and a lost one is re-sent by the reconcile job. Kept
         STARTED by this live process, it would hold off the copy and escape the sweep."""
         running = bool(self.time_start)
-        super().cancel(pool, signal, emit_retry=emit_retry)
+        # The returning message is the retry. Celery's RETRY write would go to a Redis that
+        # is failing over (NOREPLICAS, READONLY), and when it fails Celery leaves the request
+        # unflagged: the Terminated its killed child reports then reads as a revoke, and the
+        # message is acked, the row REVOKED, the task lost.
+        super().cancel(pool, signal, emit_retry=emit_retry and not self.task.acks_late)
+        # Flagged even before it started, where Celery flags nothing, yet ends its pool job:
+        # that job's Terminated must not read as a revoke either.
+        self._already_cancelled = True
         if running:
             requeue(self.id)
 
