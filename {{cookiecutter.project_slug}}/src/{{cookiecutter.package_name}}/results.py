@@ -5,7 +5,8 @@
 Celery reads a task's stored result before every write, so that a late copy of a task
 cannot overwrite its SUCCESS: a GET, then a SET and PUBLISH, for the STARTED write and
 again for the final one, and another writer can still slip in between the two. Here one
-Lua script checks and writes: half the round trips per write, and no gap. Everything
+Lua script checks and writes: half the round trips per write, and no gap. A write also
+retries while a new master refuses writes for want of replicas (NOREPLICAS). Everything
 else (URLs, Sentinel, retries, expiry, the size limit) is Celery's own; celeryconfig
 maps the `redis` and `sentinel` URL schemes to these classes (`override_backends`).
 """
@@ -69,6 +70,13 @@ class OneTripWrites:
     def _set(self, key: str, value: Any, expires: int | None = None) -> None:
         lifetime = self.expires if expires is None else expires
         self._write_script(keys=[key], args=[value, int(lifetime or 0)], client=self.client)
+
+    def exception_safe_to_retry(self, exc: Exception) -> bool:
+        # A master with min-replicas-to-write refuses writes (NOREPLICAS) until its replicas
+        # reattach, seconds after a failover: the write waits that out as it would a dropped
+        # connection. Failing it instead fails the task's STARTED write, and Celery acks the
+        # message of a task that never ran.
+        return bool(super().exception_safe_to_retry(exc)) or str(exc).startswith("NOREPLICAS")
 
     @cached_property
     def _write_script(self) -> Script:

@@ -4,6 +4,7 @@ workers, the platform endpoints answer, and a teardown leaves no process behind.
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from tests.harness.redis import RedisSentinelCluster
 from tests.harness.stack import Stack, StackOptions
 
 TASK_TIMEOUT = 30
+# How long the master refuses writes in the NOREPLICAS test: a short failover's wait.
+REFUSING_S = 1.5
 
 
 @pytest.mark.reliability("R31", "R45")
@@ -101,6 +104,45 @@ def test_a_result_write_is_one_script_call_that_never_overwrites_a_success(
     assert set(writes) <= {"EVALSHA", "SCRIPT LOAD"}, writes
     assert writes.count("EVALSHA") - writes.count("SCRIPT LOAD") == 4, writes
     assert (status, result) == ("SUCCESS", "first")
+
+
+@pytest.mark.reliability("R22")
+def test_a_result_write_waits_while_the_master_refuses_writes_for_want_of_replicas(
+    stack: Stack,
+) -> None:
+    """After a failover a master with min-replicas-to-write answers NOREPLICAS until its
+    replicas reattach. A task's STARTED write that failed on it would end the task unrun."""
+    admin = stack.redis.master_client(decode_responses=True)
+    before = admin.config_get("min-replicas-to-write")["min-replicas-to-write"]
+    # More replicas than the deployment has: every write is refused until the reset.
+    admin.config_set("min-replicas-to-write", len(stack.redis.data_nodes()))
+    reset = threading.Timer(REFUSING_S, admin.config_set, ("min-replicas-to-write", before))
+    reset.start()
+    try:
+        answer = run_python(
+            stack,
+            "import json, time\n"
+            f"from {stack.package}.celery_app import app\n"
+            "backend, sent = app.backend, []\n"
+            "execute = backend.client.execute_command\n"
+            "def counted(*args, **options):\n"
+            "    sent.append(str(args[0]).upper())\n"
+            "    return execute(*args, **options)\n"
+            "backend.client.execute_command = counted\n"
+            f"task_id = {str(uuid.uuid4())!r}\n"
+            "started = time.monotonic()\n"
+            "backend.store_result(task_id, {'pid': 1}, 'STARTED')\n"
+            "took = time.monotonic() - started\n"
+            "status = backend.get_task_meta(task_id)['status']\n"
+            "print(json.dumps([status, sent.count('EVALSHA'), took]))\n",
+        )
+    finally:
+        reset.join()
+        admin.close()
+    status, tries, took = json.loads(answer.strip().splitlines()[-1])
+    assert status == "STARTED"
+    assert tries > 1, "the first write was not refused: nothing was tested"
+    assert took >= REFUSING_S * 0.5, took
 
 
 def test_metrics_count_each_submission(api: ApiClient) -> None:
